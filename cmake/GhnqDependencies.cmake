@@ -1,0 +1,13 @@
+# Finds ghnq's dependencies (all from Debian packages; see scripts/setup.sh).
+include(GNUInstallDirs)
+find_package(Eigen3 3.3 REQUIRED NO_MODULE)
+find_package(xtensor REQUIRED)
+find_package(TBB REQUIRED)
+find_package(ZLIB REQUIRED)
+find_package(nlohmann_json 3 REQUIRED)
+if(GHNQ_WITH_CUDA)
+  if(NOT CUDAToolkit_ROOT AND EXISTS /usr/local/cuda)
+    set(CUDAToolkit_ROOT /usr/local/cuda)
+  endif()
+  find_package(CUDAToolkit REQUIRED)
+endif()

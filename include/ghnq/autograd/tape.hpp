@@ -1,0 +1,99 @@
+/// \file
+/// \brief `autograd::tape<T, Backend>`: a reverse-mode tape of backward closures.
+///
+/// Contract:
+///  - Ops take the tape first: `y = nn::relu(tp, x)`. When the tape is recording and any input
+///    requires a gradient, the op marks its output as requiring a gradient and appends a closure
+///    that reads the output's gradient and accumulates into its inputs' gradients.
+///  - `backward(y)` seeds dy = 1 (y must hold one element) or `backward(y, seed)` any dy, runs the
+///    closures in reverse order and clears the tape. Gradients accumulate (+=) into vars.
+///  - A tape is used by one thread at a time; run independent networks on independent tapes.
+///  - `no_grad` guard: ops record nothing while it lives (inference).
+/// \code
+/// ghnq::autograd::tape<float> tp;
+/// auto w = ghnq::autograd::parameter(ghnq::tensor<float>::zeros({10, 784}));
+/// auto loss = ghnq::nn::cross_entropy(tp, ghnq::nn::linear(tp, x, w), labels);
+/// tp.backward(loss);    // w.grad() now holds dloss/dw
+/// \endcode
+#pragma once
+#include <functional>
+#include <utility>
+#include <vector>
+
+#include "ghnq/autograd/variable.hpp"
+
+namespace ghnq::autograd {
+
+template <class T, class Backend = backend::cpu_t>
+class tape {
+ public:
+  using var_type = var<T, Backend>;
+  using tensor_type = tensor<T, Backend>;
+
+  tape() = default;
+  tape(const tape&) = delete;
+  tape& operator=(const tape&) = delete;
+
+  /// True when ops should record backward closures.
+  bool recording() const noexcept { return enabled_; }
+  void set_recording(bool on) noexcept { enabled_ = on; }
+
+  /// True when an op with these inputs must record (recording and some input needs a gradient).
+  template <class... V>
+  bool needs(const V&... inputs) const noexcept {
+    return enabled_ && (... || inputs.requires_grad());
+  }
+
+  /// Output var of an op: requires_grad when the op recorded.
+  var_type make_output(tensor_type value, bool tracked) const { return var_type(std::move(value), tracked); }
+
+  /// Append a backward closure (called by ops).
+  template <class F>
+  void record(F&& f) {
+    ops_.emplace_back(std::forward<F>(f));
+  }
+
+  /// Number of recorded closures.
+  std::size_t size() const noexcept { return ops_.size(); }
+
+  /// Backward from a one-element output (dy = 1).
+  void backward(const var_type& y) {
+    GHNQ_CHECK(y.value().numel() == 1, shape_error, "tape::backward: output of shape ", y.shape(),
+               " is not a scalar; pass a seed gradient");
+    auto seed = tensor_type::from(y.shape(), {T(1)});
+    backward(y, seed);
+  }
+  /// Backward from any output with the given gradient dy.
+  void backward(const var_type& y, const tensor_type& dy) {
+    GHNQ_CHECK(dy.shape() == y.shape(), shape_error, "tape::backward: seed ", dy.shape(), " for output ",
+               y.shape());
+    if (y.requires_grad()) {
+      auto& g = y.grad();
+      g.copy_from(dy);
+    }
+    for (auto it = ops_.rbegin(); it != ops_.rend(); ++it) (*it)();
+    clear();
+  }
+  /// Forget all recorded closures (and the intermediate values they keep alive).
+  void clear() { ops_.clear(); }
+
+ private:
+  std::vector<std::function<void()>> ops_;
+  bool enabled_ = true;
+};
+
+/// Disables recording on a tape for the guard's lifetime.
+template <class Tape>
+class no_grad {
+ public:
+  explicit no_grad(Tape& t) : t_(t), prev_(t.recording()) { t_.set_recording(false); }
+  ~no_grad() { t_.set_recording(prev_); }
+  no_grad(const no_grad&) = delete;
+  no_grad& operator=(const no_grad&) = delete;
+
+ private:
+  Tape& t_;
+  bool prev_;
+};
+
+}  // namespace ghnq::autograd

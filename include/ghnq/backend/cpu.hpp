@@ -1,0 +1,7 @@
+/// \file
+/// \brief The CPU backend (oneTBB + Eigen): every `backend::impl<cpu_t, Op>` specialization.
+#pragma once
+#include "ghnq/backend/cpu/elementwise.hpp"
+#include "ghnq/backend/cpu/gemm.hpp"
+#include "ghnq/backend/cpu/memory.hpp"
+#include "ghnq/backend/cpu/parallel.hpp"

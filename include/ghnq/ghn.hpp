@@ -1,0 +1,16 @@
+/// \file
+/// \brief The umbrella header of ghnq: the only include users need.
+/// \code
+/// #include <ghnq/ghn.hpp>
+/// ghnq::autograd::tape<float> tp;
+/// \endcode
+#pragma once
+#include "ghnq/core/config.hpp"
+#include "ghnq/core/error.hpp"
+#include "ghnq/core/rng.hpp"
+#include "ghnq/backend/tags.hpp"
+#include "ghnq/backend/cpu.hpp"
+#include "ghnq/tensor/tensor.hpp"
+#include "ghnq/tensor/adaptors.hpp"
+#include "ghnq/autograd/tape.hpp"
+#include "ghnq/nn.hpp"
