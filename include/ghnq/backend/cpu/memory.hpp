@@ -1,30 +1,153 @@
 /// \file
-/// \brief CPU backend memory: 64-byte aligned host allocations.
+/// \brief CPU backend memory: 64-byte aligned host allocations through a caching pool.
+///
+/// Large blocks (>= 64 KiB) are rounded up to one of four size classes per power of two and,
+/// when freed, kept in a per-class free list for reuse, up to a cap on the cached bytes
+/// (GHNQ_CPU_CACHE_MB, default 1024). Training loops that allocate the same activation shapes
+/// every step therefore reach a steady state with no system allocations (no page faults on
+/// fresh memory). Small blocks go straight to the system allocator. `memory_stats()` reports
+/// the counters; `release_cached_memory()` returns cached blocks to the system.
 #pragma once
+#include <atomic>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <new>
+#include <unordered_map>
+#include <vector>
 
 #include "ghnq/backend/ops.hpp"
 #include "ghnq/backend/tags.hpp"
 
-namespace ghnq::backend {
+namespace ghnq {
+
+/// Counters of the CPU allocator (monotonic except the byte gauges).
+struct memory_stats_t {
+  std::uint64_t system_allocations = 0;  ///< blocks obtained from the system
+  std::uint64_t reused_allocations = 0;  ///< blocks served from the cache
+  std::uint64_t bytes_in_use = 0;        ///< live bytes handed out (rounded sizes)
+  std::uint64_t bytes_cached = 0;        ///< freed bytes kept for reuse
+};
+
+namespace backend::detail {
+
+class cpu_pool {
+ public:
+  static constexpr std::size_t kAlignment = 64;
+  static constexpr std::size_t kHeader = 64;  // keeps the user pointer 64-byte aligned
+  static constexpr std::size_t kMinPooled = 64 * 1024;
+
+  static cpu_pool& instance() {
+    static cpu_pool p;
+    return p;
+  }
+
+  void* allocate(std::size_t bytes) {
+    const std::size_t size = size_class(bytes == 0 ? 1 : bytes);
+    void* base = nullptr;
+    if (size >= kMinPooled) {
+      std::lock_guard<std::mutex> lock(m_);
+      auto it = free_.find(size);
+      if (it != free_.end() && !it->second.empty()) {
+        base = it->second.back();
+        it->second.pop_back();
+        stats_.bytes_cached -= size;
+        ++stats_.reused_allocations;
+      }
+    }
+    if (!base) {
+      base = std::aligned_alloc(kAlignment, size + kHeader);
+      if (!base) {
+        release();
+        base = std::aligned_alloc(kAlignment, size + kHeader);
+        if (!base) throw std::bad_alloc();
+      }
+      std::lock_guard<std::mutex> lock(m_);
+      ++stats_.system_allocations;
+    }
+    {
+      std::lock_guard<std::mutex> lock(m_);
+      stats_.bytes_in_use += size;
+    }
+    std::memcpy(base, &size, sizeof size);
+    return static_cast<char*>(base) + kHeader;
+  }
+
+  void deallocate(void* p) noexcept {
+    if (!p) return;
+    void* base = static_cast<char*>(p) - kHeader;
+    std::size_t size;
+    std::memcpy(&size, base, sizeof size);
+    std::lock_guard<std::mutex> lock(m_);
+    stats_.bytes_in_use -= size;
+    if (size >= kMinPooled && stats_.bytes_cached + size <= cap_) {
+      try {
+        free_[size].push_back(base);
+        stats_.bytes_cached += size;
+        return;
+      } catch (...) {  // bookkeeping failed: give the block back instead
+      }
+    }
+    std::free(base);
+  }
+
+  void release() noexcept {
+    std::lock_guard<std::mutex> lock(m_);
+    for (auto& kv : free_)
+      for (void* b : kv.second) std::free(b);
+    free_.clear();
+    stats_.bytes_cached = 0;
+  }
+
+  memory_stats_t stats() {
+    std::lock_guard<std::mutex> lock(m_);
+    return stats_;
+  }
+
+  /// Four classes per power of two above kMinPooled; 64-byte granularity below.
+  static std::size_t size_class(std::size_t bytes) {
+    if (bytes < kMinPooled) return (bytes + kAlignment - 1) / kAlignment * kAlignment;
+    std::size_t p = kMinPooled;
+    while (p * 2 <= bytes) p *= 2;
+    const std::size_t step = p / 4;
+    return (bytes + step - 1) / step * step;
+  }
+
+ private:
+  cpu_pool() {
+    std::size_t mb = 1024;
+    if (const char* env = std::getenv("GHNQ_CPU_CACHE_MB")) mb = static_cast<std::size_t>(std::strtoull(env, nullptr, 10));
+    cap_ = mb * 1024 * 1024;
+  }
+  ~cpu_pool() { release(); }
+
+  std::mutex m_;
+  std::unordered_map<std::size_t, std::vector<void*>> free_;
+  memory_stats_t stats_;
+  std::size_t cap_ = 0;
+};
+
+}  // namespace backend::detail
+
+namespace backend {
 
 template <>
 struct impl<cpu_t, op::memory> {
-  static constexpr std::size_t kAlignment = 64;
-  static void* allocate(std::size_t bytes) {
-    if (bytes == 0) bytes = kAlignment;
-    const std::size_t rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
-    void* p = std::aligned_alloc(kAlignment, rounded);
-    if (!p) throw std::bad_alloc();
-    return p;
-  }
-  static void deallocate(void* p) noexcept { std::free(p); }
+  static constexpr std::size_t kAlignment = detail::cpu_pool::kAlignment;
+  static void* allocate(std::size_t bytes) { return detail::cpu_pool::instance().allocate(bytes); }
+  static void deallocate(void* p) noexcept { detail::cpu_pool::instance().deallocate(p); }
   static void copy_to_host(void* dst, const void* src, std::size_t bytes) { std::memcpy(dst, src, bytes); }
   static void copy_from_host(void* dst, const void* src, std::size_t bytes) { std::memcpy(dst, src, bytes); }
   static void copy(void* dst, const void* src, std::size_t bytes) { std::memcpy(dst, src, bytes); }
   static void zero(void* p, std::size_t bytes) { std::memset(p, 0, bytes); }
 };
 
-}  // namespace ghnq::backend
+}  // namespace backend
+
+/// Counters of the CPU allocator (system allocations vs reuses, live and cached bytes).
+inline memory_stats_t memory_stats() { return backend::detail::cpu_pool::instance().stats(); }
+/// Return every cached CPU block to the system.
+inline void release_cached_memory() { backend::detail::cpu_pool::instance().release(); }
+
+}  // namespace ghnq
