@@ -9,4 +9,5 @@
 #include "ghnq/backend/cpu/loss.hpp"
 #include "ghnq/backend/cpu/memory.hpp"
 #include "ghnq/backend/cpu/norm.hpp"
+#include "ghnq/backend/cpu/optim.hpp"
 #include "ghnq/backend/cpu/parallel.hpp"

@@ -10,52 +10,11 @@
 #include <vector>
 
 #include "ghnq/autograd/variable.hpp"
-#include "ghnq/backend/cpu/parallel.hpp"
+#include "ghnq/backend/cpu/optim.hpp"
 #include "ghnq/backend/tags.hpp"
 #include "ghnq/core/error.hpp"
 
-namespace ghnq::backend {
 
-namespace op {
-/// Sum of squares (in double) and in-place scaling of a buffer of n elements.
-/// \code
-/// template <class T> static double sum_squares(const T* x, std::int64_t n);  // deterministic
-/// template <class T> static void scale(T* x, T alpha, std::int64_t n);        // x *= alpha
-/// \endcode
-struct grad_norm {};
-}  // namespace op
-
-template <>
-struct impl<cpu_t, op::grad_norm> {
-  static constexpr std::int64_t kChunk = 1 << 14;
-  template <class T>
-  static double sum_squares(const T* x, std::int64_t n) {
-    auto chunk_sum = [x](std::int64_t b, std::int64_t e) {
-      double s = 0.0;
-      for (std::int64_t i = b; i < e; ++i) s += static_cast<double>(x[i]) * static_cast<double>(x[i]);
-      return s;
-    };
-    if (n <= kChunk) return chunk_sum(0, n);
-    const std::int64_t chunks = (n + kChunk - 1) / kChunk;
-    std::vector<double> partial(static_cast<std::size_t>(chunks));
-    parallel_for(0, chunks, 1, [&](std::int64_t b, std::int64_t e) {
-      for (std::int64_t c = b; c < e; ++c) {
-        partial[static_cast<std::size_t>(c)] = chunk_sum(c * kChunk, std::min(n, (c + 1) * kChunk));
-      }
-    });
-    double s = 0.0;
-    for (double v : partial) s += v;
-    return s;
-  }
-  template <class T>
-  static void scale(T* x, T alpha, std::int64_t n) {
-    parallel_for(0, n, kChunk, [&](std::int64_t b, std::int64_t e) {
-      for (std::int64_t i = b; i < e; ++i) x[i] *= alpha;
-    });
-  }
-};
-
-}  // namespace ghnq::backend
 
 namespace ghnq::train {
 

@@ -24,84 +24,12 @@
 #include <vector>
 
 #include "ghnq/autograd/variable.hpp"
-#include "ghnq/backend/cpu/parallel.hpp"
+#include "ghnq/backend/cpu/optim.hpp"
 #include "ghnq/backend/tags.hpp"
 #include "ghnq/core/error.hpp"
 #include "ghnq/tensor/tensor.hpp"
 
-namespace ghnq::backend {
 
-namespace op {
-/// One SGD step on one parameter of n elements (PyTorch torch.optim.SGD):
-/// \code
-/// template <class T>
-/// static void run(T* p, const T* g, T* buf, std::int64_t n, T lr, T momentum, T one_minus_dampening,
-///                 T weight_decay, bool nesterov, bool first);
-/// \endcode
-/// d = g + weight_decay * p; with momentum != 0: buf = first ? d : momentum * buf + (1 - dampening) * d,
-/// d = nesterov ? d + momentum * buf : buf (buf may be null when momentum == 0); p -= lr * d.
-struct sgd_update {};
-
-/// One Adam/AdamW step on one parameter of n elements (PyTorch torch.optim.Adam / AdamW):
-/// \code
-/// template <class T>
-/// static void run(T* p, const T* g, T* m, T* v, std::int64_t n, T one_minus_beta1, T beta2,
-///                 T one_minus_beta2, T eps, T weight_decay, T decay, bool decoupled, T step_size,
-///                 T bias_correction2_sqrt);
-/// \endcode
-/// decoupled: p *= decay (= 1 - lr * weight_decay), else g' = g + weight_decay * p;
-/// m += (1 - beta1) * (g' - m); v = beta2 * v + (1 - beta2) * g'^2;
-/// p -= step_size * m / (sqrt(v) / bias_correction2_sqrt + eps).
-/// The scalar coefficients are computed in double by the caller and rounded once to T.
-struct adam_update {};
-}  // namespace op
-
-template <>
-struct impl<cpu_t, op::sgd_update> {
-  static constexpr std::int64_t kGrain = 1 << 14;
-  template <class T>
-  static void run(T* p, const T* g, T* buf, std::int64_t n, T lr, T momentum, T one_minus_dampening,
-                  T weight_decay, bool nesterov, bool first) {
-    parallel_for(0, n, kGrain, [&](std::int64_t b, std::int64_t e) {
-      for (std::int64_t i = b; i < e; ++i) {
-        T d = g[i];
-        if (weight_decay != T(0)) d += weight_decay * p[i];
-        if (momentum != T(0)) {
-          buf[i] = first ? d : momentum * buf[i] + one_minus_dampening * d;
-          d = nesterov ? d + momentum * buf[i] : buf[i];
-        }
-        p[i] -= lr * d;
-      }
-    });
-  }
-};
-
-template <>
-struct impl<cpu_t, op::adam_update> {
-  static constexpr std::int64_t kGrain = 1 << 14;
-  template <class T>
-  static void run(T* p, const T* g, T* m, T* v, std::int64_t n, T one_minus_beta1, T beta2, T one_minus_beta2,
-                  T eps, T weight_decay, T decay, bool decoupled, T step_size, T bias_correction2_sqrt) {
-    parallel_for(0, n, kGrain, [&](std::int64_t b, std::int64_t e) {
-      for (std::int64_t i = b; i < e; ++i) {
-        T gi = g[i];
-        if (weight_decay != T(0)) {
-          if (decoupled) {
-            p[i] *= decay;
-          } else {
-            gi += weight_decay * p[i];
-          }
-        }
-        m[i] += one_minus_beta1 * (gi - m[i]);
-        v[i] = beta2 * v[i] + one_minus_beta2 * gi * gi;
-        const T denom = std::sqrt(v[i]) / bias_correction2_sqrt + eps;
-        p[i] -= step_size * m[i] / denom;
-      }
-    });
-  }
-};
-
-}  // namespace ghnq::backend
 
 namespace ghnq::train {
 
