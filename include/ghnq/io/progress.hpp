@@ -29,11 +29,12 @@ class progress {
         tty_(::isatty(::fileno(stream)) != 0), start_(clock::now()), last_(start_) {}
 
   /// Report that `done` steps are complete; `extra` is appended (e.g. the running loss).
+  /// Redraws at most every 0.2 s on a terminal and every 10 s otherwise; the last step is
+  /// left to finish().
   void update(std::int64_t done, const std::string& extra = {}) {
     const auto now = clock::now();
     const double since_draw = seconds(last_, now);
-    const bool final_step = done >= total_;
-    if (!final_step && since_draw < (tty_ ? 0.2 : 10.0)) return;
+    if (done >= total_ || since_draw < (tty_ ? 0.2 : 10.0)) return;
     last_ = now;
     draw(done, extra, now);
   }
