@@ -1,12 +1,12 @@
 /// \file
 /// \brief CPU backend memory: 64-byte aligned host allocations through a caching pool.
 ///
-/// Large blocks (>= 64 KiB) are rounded up to one of four size classes per power of two and,
-/// when freed, kept in a per-class free list for reuse, up to a cap on the cached bytes
-/// (GHNQ_CPU_CACHE_MB, default 1024). Training loops that allocate the same activation shapes
-/// every step therefore reach a steady state with no system allocations (no page faults on
-/// fresh memory). Small blocks go straight to the system allocator. `memory_stats()` reports
-/// the counters; `release_cached_memory()` returns cached blocks to the system.
+/// Block sizes are rounded up to a size class (64-byte steps below 64 KiB, four classes per
+/// power of two above) and, when freed, kept in a per-class free list for reuse, up to a cap
+/// on the cached bytes (GHNQ_CPU_CACHE_MB, default 1024). Training loops that allocate the same
+/// shapes every step therefore reach a steady state with no system allocations (and no page
+/// faults on fresh memory). `memory_stats()` reports the counters; `release_cached_memory()`
+/// returns cached blocks to the system.
 #pragma once
 #include <atomic>
 #include <cstdint>
@@ -36,7 +36,7 @@ class cpu_pool {
  public:
   static constexpr std::size_t kAlignment = 64;
   static constexpr std::size_t kHeader = 64;  // keeps the user pointer 64-byte aligned
-  static constexpr std::size_t kMinPooled = 64 * 1024;
+  static constexpr std::size_t kFineLimit = 64 * 1024;  // 64-byte classes below, 4 per octave above
 
   static cpu_pool& instance() {
     static cpu_pool p;
@@ -46,7 +46,7 @@ class cpu_pool {
   void* allocate(std::size_t bytes) {
     const std::size_t size = size_class(bytes == 0 ? 1 : bytes);
     void* base = nullptr;
-    if (size >= kMinPooled) {
+    {
       std::lock_guard<std::mutex> lock(m_);
       auto it = free_.find(size);
       if (it != free_.end() && !it->second.empty()) {
@@ -81,7 +81,7 @@ class cpu_pool {
     std::memcpy(&size, base, sizeof size);
     std::lock_guard<std::mutex> lock(m_);
     stats_.bytes_in_use -= size;
-    if (size >= kMinPooled && stats_.bytes_cached + size <= cap_) {
+    if (stats_.bytes_cached + size <= cap_) {
       try {
         free_[size].push_back(base);
         stats_.bytes_cached += size;
@@ -105,10 +105,10 @@ class cpu_pool {
     return stats_;
   }
 
-  /// Four classes per power of two above kMinPooled; 64-byte granularity below.
+  /// Four classes per power of two from kFineLimit up; 64-byte granularity below.
   static std::size_t size_class(std::size_t bytes) {
-    if (bytes < kMinPooled) return (bytes + kAlignment - 1) / kAlignment * kAlignment;
-    std::size_t p = kMinPooled;
+    if (bytes < kFineLimit) return (bytes + kAlignment - 1) / kAlignment * kAlignment;
+    std::size_t p = kFineLimit;
     while (p * 2 <= bytes) p *= 2;
     const std::size_t step = p / 4;
     return (bytes + step - 1) / step * step;

@@ -1,0 +1,262 @@
+/// \file
+/// \brief `exec::executor<Backend, T>`: runs a network IR on a given parameter set, forward and
+/// backward (through the autograd tape), with GHN-2's batch-norm protocols.
+///
+/// Contract:
+///  - The parameter set is one `var` per entry of `arch::parameters(net)`, in that order (the
+///    order the GHN writes them). Shapes are checked; a mismatch names the parameter.
+///  - `forward(tp, x, params, opt)` returns the logits [N, num_classes]. With a recording tape,
+///    `tp.backward(loss)` then fills the gradients of every parameter var that requires one, and
+///    of `x` if it requires one.
+///  - Batch norm modes (`bn_mode`): `batch_stats` normalizes with the statistics of the current
+///    batch (GHN-2's protocol, training and evaluation); `running_stats` uses the running
+///    statistics kept by the executor; `calibrate(...)` fills them from K batches
+///    (cumulative average) so that `running_stats` can be used afterwards (calibrate-then-use).
+///  - Ops that do not reach the output are not run (their parameters receive no gradient).
+///  - Intermediate values are released as soon as no later op reads them (memory is reused by
+///    the caching CPU allocator across steps); the tape keeps what backward needs.
+///  - An executor may be used by one thread at a time; independent executors run in parallel.
+/// \code
+/// ghnq::exec::executor<ghnq::backend::cpu_t> ex(net);
+/// auto params = ex.init_parameters(g);
+/// auto logits = ex.forward(tp, x, params, {});
+/// \endcode
+#pragma once
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "ghnq/arch/network.hpp"
+#include "ghnq/arch/params.hpp"
+#include "ghnq/arch/shape_inference.hpp"
+#include "ghnq/autograd/tape.hpp"
+#include "ghnq/core/rng.hpp"
+#include "ghnq/nn.hpp"
+
+namespace ghnq::exec {
+
+/// How batch-norm layers normalize.
+enum class bn_mode : std::uint8_t {
+  batch_stats,    ///< statistics of the current batch (GHN-2 protocol)
+  running_stats,  ///< the executor's running statistics (after training or calibrate())
+};
+
+/// Options of one forward pass.
+struct run_options {
+  bn_mode bn = bn_mode::batch_stats;
+  bool update_running_stats = false;  ///< with batch_stats: also update the running statistics
+  double bn_momentum = 0.1;           ///< running = (1 - m) running + m batch
+  bool dropout = false;               ///< apply dropout (training); off = identity (evaluation)
+  std::uint64_t dropout_seed = 0;     ///< seed of the dropout masks of this pass
+};
+
+/// \tparam Backend backend tag the tensors live on.
+/// \tparam T       scalar type (float; double for gradient checks).
+template <class Backend = backend::cpu_t, class T = float>
+class executor {
+ public:
+  using var_t = autograd::var<T, Backend>;
+  using tape_t = autograd::tape<T, Backend>;
+  using tensor_t = tensor<T, Backend>;
+
+  explicit executor(arch::network net) : net_(std::move(net)) {
+    arch::infer_shapes(net_);
+    params_ = arch::parameters(net_);
+    weight_.assign(net_.ops.size(), -1);
+    bias_.assign(net_.ops.size(), -1);
+    for (std::size_t i = 0; i < params_.size(); ++i) {
+      auto& slot = params_[i].role == arch::param_role::weight ? weight_ : bias_;
+      slot[static_cast<std::size_t>(params_[i].op)] = static_cast<int>(i);
+    }
+    // Ops that cannot reach the output (e.g. modules fed only by "none" edges) are skipped.
+    live_.assign(net_.ops.size(), false);
+    live_[static_cast<std::size_t>(net_.output)] = true;
+    for (std::size_t i = net_.ops.size(); i-- > 0;)
+      if (live_[i])
+        for (int in : net_.ops[i].inputs) live_[static_cast<std::size_t>(in)] = true;
+    last_use_.assign(net_.ops.size(), -1);
+    bn_index_.assign(net_.ops.size(), -1);
+    for (std::size_t i = 0; i < net_.ops.size(); ++i) {
+      if (live_[i])
+        for (int in : net_.ops[i].inputs) last_use_[static_cast<std::size_t>(in)] = static_cast<int>(i);
+      if (net_.ops[i].type == arch::op_type::batch_norm) {
+        bn_index_[i] = static_cast<int>(bn_.size());
+        bn_.push_back(nn::batch_norm_state<T, Backend>::init(net_.ops[i].c));
+      }
+    }
+    last_use_[static_cast<std::size_t>(net_.output)] = static_cast<int>(net_.ops.size());
+  }
+
+  const arch::network& network() const noexcept { return net_; }
+  /// Parameter descriptions (name, shape, op, role) in parameter-set order.
+  const std::vector<arch::param_info>& params() const noexcept { return params_; }
+  /// Running statistics, one per batch-norm op in op order.
+  std::vector<nn::batch_norm_state<T, Backend>>& bn_states() noexcept { return bn_; }
+  void reset_running_stats() {
+    for (auto& s : bn_) s = nn::batch_norm_state<T, Backend>::init(s.running_mean.numel());
+  }
+
+  /// A freshly initialized parameter set (He-normal conv/linear weights, PyTorch-default biases,
+  /// BN weight 1 and bias 0), every var requiring a gradient.
+  std::vector<var_t> init_parameters(rng& g) const {
+    static_assert(!Backend::is_device, "init_parameters: initialize on the CPU and copy");
+    std::vector<var_t> out;
+    out.reserve(params_.size());
+    for (const auto& p : params_) {
+      const auto& o = net_.ops[static_cast<std::size_t>(p.op)];
+      tensor_t t(p.shape);
+      if (o.type == arch::op_type::batch_norm) {
+        t.fill(p.role == arch::param_role::weight ? T(1) : T(0));
+      } else {
+        const std::int64_t fan = weight_fan_in(p.op);
+        if (p.role == arch::param_role::weight) nn::init::kaiming_normal(t, g, fan);
+        else nn::init::uniform_fan_in(t, g, fan);
+      }
+      out.push_back(autograd::parameter(std::move(t), p.name));
+    }
+    return out;
+  }
+
+  /// Check a parameter set against the network (count and shapes); throws shape_error.
+  void check_parameters(const std::vector<var_t>& ps) const {
+    GHNQ_CHECK(ps.size() == params_.size(), shape_error, "executor", where(), ": ", ps.size(),
+               " parameter tensors given, the network has ", params_.size());
+    for (std::size_t i = 0; i < ps.size(); ++i) {
+      GHNQ_CHECK(ps[i].defined(), value_error, "executor", where(), ": parameter ", i, " (", params_[i].name,
+                 ") is undefined");
+      GHNQ_CHECK(ps[i].shape() == params_[i].shape, shape_error, "executor", where(), ": parameter ", i, " (",
+                 params_[i].name, ") has shape ", ps[i].shape(), ", expected ", params_[i].shape);
+    }
+  }
+
+  /// Logits [N, num_classes] of input x [N, in_channels, in_h, in_w].
+  var_t forward(tape_t& tp, const var_t& x, const std::vector<var_t>& ps, const run_options& opt = {}) {
+    check_parameters(ps);
+    const auto& xs = x.shape();
+    GHNQ_CHECK(xs.rank() == 4 && xs[1] == net_.in_channels && xs[2] == net_.in_h && xs[3] == net_.in_w,
+               shape_error, "executor", where(), ": input ", xs, " does not match the network's input [N, ",
+               net_.in_channels, ", ", net_.in_h, ", ", net_.in_w, "]");
+    rng drop(opt.dropout_seed);
+    std::vector<var_t> v(net_.ops.size());
+    for (std::size_t i = 0; i < net_.ops.size(); ++i) {
+      if (!live_[i]) continue;
+      v[i] = run_op(tp, i, x, v, ps, opt, drop);
+      for (int in : net_.ops[i].inputs)  // release values nobody reads any more
+        if (last_use_[static_cast<std::size_t>(in)] == static_cast<int>(i)) v[static_cast<std::size_t>(in)] = var_t();
+    }
+    return v[static_cast<std::size_t>(net_.output)];
+  }
+
+  /// Calibrate-then-use: reset the running statistics and set them to the cumulative average of
+  /// the batch statistics over the given batches (no gradients); afterwards evaluate with
+  /// bn_mode::running_stats.
+  template <class Batches>
+  void calibrate(const std::vector<var_t>& ps, const Batches& batches) {
+    reset_running_stats();
+    tape_t tp;
+    autograd::no_grad<tape_t> ng(tp);
+    std::int64_t k = 0;
+    for (const auto& xb : batches) {
+      run_options o;
+      o.bn = bn_mode::batch_stats;
+      o.update_running_stats = true;
+      o.bn_momentum = 1.0 / static_cast<double>(k + 1);  // cumulative moving average
+      forward(tp, xb, ps, o);
+      ++k;
+    }
+  }
+
+ private:
+  std::string where() const { return net_.name.empty() ? std::string() : " (" + net_.name + ")"; }
+
+  std::int64_t weight_fan_in(int op) const {
+    const auto& o = net_.ops[static_cast<std::size_t>(op)];
+    const auto& in = net_.ops[static_cast<std::size_t>(o.inputs.at(0))];
+    if (o.type == arch::op_type::linear) return in.c;
+    return static_cast<std::int64_t>(in.c / o.groups) * o.kh * o.kw;
+  }
+
+  var_t param(const std::vector<var_t>& ps, const std::vector<int>& slot, std::size_t i) const {
+    const int k = slot[i];
+    return k < 0 ? var_t() : ps[static_cast<std::size_t>(k)];
+  }
+
+  var_t run_op(tape_t& tp, std::size_t i, const var_t& x, const std::vector<var_t>& v, const std::vector<var_t>& ps,
+               const run_options& opt, rng& drop) {
+    const arch::op& o = net_.ops[i];
+    auto in = [&](std::size_t k) -> const var_t& { return v[static_cast<std::size_t>(o.inputs[k])]; };
+    using arch::op_type;
+    switch (o.type) {
+      case op_type::input:
+        return x;
+      case op_type::conv: {
+        nn::conv2d_params cp;
+        cp.stride_h = cp.stride_w = o.stride;
+        cp.pad_h = o.pad_h;
+        cp.pad_w = o.pad_w;
+        cp.dilation_h = cp.dilation_w = o.dilation;
+        cp.groups = o.groups;
+        return nn::conv2d(tp, in(0), param(ps, weight_, i), param(ps, bias_, i), cp);
+      }
+      case op_type::linear:
+        return nn::linear(tp, in(0), param(ps, weight_, i), param(ps, bias_, i));
+      case op_type::batch_norm: {
+        nn::batch_norm_options bo;
+        bo.training = opt.bn == bn_mode::batch_stats;
+        bo.update_running = opt.update_running_stats;
+        bo.momentum = opt.bn_momentum;
+        auto* state = &bn_[static_cast<std::size_t>(bn_index_[i])];
+        return nn::batch_norm2d(tp, in(0), param(ps, weight_, i), param(ps, bias_, i), state, bo);
+      }
+      case op_type::relu:
+        return nn::relu(tp, in(0));
+      case op_type::hardswish:
+        return nn::hardswish(tp, in(0));
+      case op_type::sigmoid:
+        return nn::sigmoid(tp, in(0));
+      case op_type::max_pool:
+        return nn::max_pool2d(tp, in(0), nn::pool2d_params{o.kh, o.stride, o.pad_h});
+      case op_type::avg_pool:
+        return nn::avg_pool2d(tp, in(0), nn::pool2d_params{o.kh, o.stride, o.pad_h});
+      case op_type::global_avg_pool:
+        return nn::global_avg_pool(tp, in(0));
+      case op_type::flatten:
+        return nn::flatten(tp, in(0));
+      case op_type::sum: {
+        std::vector<var_t> xs;
+        for (std::size_t k = 0; k < o.inputs.size(); ++k) xs.push_back(in(k));
+        return nn::sum(tp, xs);
+      }
+      case op_type::concat: {
+        if (o.inputs.size() == 1) return in(0);
+        std::vector<var_t> xs;
+        for (std::size_t k = 0; k < o.inputs.size(); ++k) xs.push_back(in(k));
+        return nn::concat(tp, xs, 1);
+      }
+      case op_type::zero: {
+        const auto n = x.shape()[0];
+        return o.h == 0 && o.w == 0 ? nn::zeros<T, Backend>({n, o.c}) : nn::zeros<T, Backend>({n, o.c, o.h, o.w});
+      }
+      case op_type::identity:
+        return in(0);
+      case op_type::shift:
+        return nn::crop(tp, in(0), 1, 1);
+      case op_type::subsample:
+        return nn::subsample(tp, in(0), o.stride);
+      case op_type::dropout:
+        return nn::dropout(tp, in(0), o.p, drop, opt.dropout);
+      case op_type::channel_scale:
+        return nn::channel_scale(tp, in(0), in(1));
+    }
+    throw value_error("executor: op " + std::to_string(i) + " has an unknown type");
+  }
+
+  arch::network net_;
+  std::vector<arch::param_info> params_;
+  std::vector<int> weight_, bias_, last_use_, bn_index_;
+  std::vector<bool> live_;
+  std::vector<nn::batch_norm_state<T, Backend>> bn_;
+};
+
+}  // namespace ghnq::exec

@@ -1,0 +1,51 @@
+/// \file
+/// \brief Forward + backward of the m networks of a meta-batch on one shared image batch, as
+/// parallel oneTBB tasks (one tape per network). Results equal running them one by one.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include <tbb/parallel_for.h>
+
+#include "ghnq/exec/executor.hpp"
+
+namespace ghnq::exec {
+
+/// What one network of a meta-batch produced.
+struct network_result {
+  double loss = 0.0;          ///< mean cross-entropy over the batch
+  std::int64_t correct = 0;   ///< top-1 hits in the batch
+};
+
+/// For every network k: logits = nets[k]->forward(x, params[k]); loss = CE(logits, labels);
+/// backward into params[k] (their gradients accumulate). `parallel` runs the networks as
+/// concurrent tasks; ops inside each network still split their own work on the same pool.
+/// \code
+/// auto res = ghnq::exec::forward_backward(nets, params, x, labels, opt);
+/// \endcode
+template <class B, class T>
+std::vector<network_result> forward_backward(const std::vector<executor<B, T>*>& nets,
+                                             const std::vector<std::vector<autograd::var<T, B>>>& params,
+                                             const autograd::var<T, B>& x, const std::vector<std::int32_t>& labels,
+                                             const run_options& opt = {}, double label_smoothing = 0.0,
+                                             bool parallel = true) {
+  GHNQ_CHECK(nets.size() == params.size(), value_error, "forward_backward: ", nets.size(), " networks but ",
+             params.size(), " parameter sets");
+  std::vector<network_result> out(nets.size());
+  auto one = [&](std::size_t k) {
+    autograd::tape<T, B> tp;
+    auto logits = nets[k]->forward(tp, x, params[k], opt);
+    auto loss = nn::cross_entropy(tp, logits, labels, label_smoothing);
+    out[k].loss = static_cast<double>(loss.value().to_vector()[0]);
+    out[k].correct = nn::count_correct(logits.value(), labels);
+    if (loss.requires_grad()) tp.backward(loss);
+  };
+  if (parallel && nets.size() > 1) {
+    tbb::parallel_for(std::size_t(0), nets.size(), [&](std::size_t k) { one(k); });
+  } else {
+    for (std::size_t k = 0; k < nets.size(); ++k) one(k);
+  }
+  return out;
+}
+
+}  // namespace ghnq::exec
