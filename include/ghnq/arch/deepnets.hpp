@@ -573,6 +573,7 @@ class dn_construct {
       v = e_.conv(v, C, 3, 3, st, 1, 1, 1, 1, "stem0", "3");
       s0.v = norm(v, "stem0", "4");
       v = e_.relu(s0.v, "stem1", "0");
+      s0.v = v;  // the reference's ReLU(inplace=True) overwrites s0: cell 0 reads the activated value
       v = e_.conv(v, C, 3, 3, 2, 1, 1, 1, 1, "stem1", "1");
       s1.v = norm(v, "stem1", "2");
     }
@@ -793,7 +794,8 @@ class dn_construct {
     }
     dn_state out;
     out.live = first_live >= 0;
-    out.v = parts.size() == 1 ? parts[0] : e_.concat(parts, dn_name<E>(cell_pre_, ".concat"), "");
+    // The reference always concatenates (a one-state torch.cat is still an op of its graph).
+    out.v = e_.concat(parts, dn_name<E>(cell_pre_, ".concat"), "");
     return out;
   }
 
