@@ -408,6 +408,66 @@ TEST_CASE("deepnets: stems, reductions, widths and the flatten head", "[deepnets
   CHECK(num_params(nim) == deepnets_num_params(a, im));
 }
 
+TEST_CASE("deepnets: conv_7x1_1x7 uses the reference's per-axis strides", "[deepnets]") {
+  // Reductions at cells 1 and 3 (n_cells = 5). Reduce ops 0 and 1 read states 0 / 1 (stride 2);
+  // op 2 reads state 2 (stride 1).
+  net_args a = make_args({{"conv_7x1_1x7", 0}, {"skip_connect", 1}, {"conv_7x1_1x7", 2}, {"skip_connect", 1}},
+                         {{"conv_7x1_1x7", 0}, {"conv_7x1_1x7", 1}, {"conv_7x1_1x7", 2}, {"skip_connect", 1}}, {2, 3});
+  const network net = deepnets_network(a);
+  for (const char* cell : {"cells.1", "cells.3"})
+    for (int j : {0, 1}) {
+      const std::string pre = std::string(cell) + "._ops." + std::to_string(j);
+      INFO(pre);
+      const op* c1 = find_op(net, pre + ".op.1");  // 1x7, stride (1, 2), padding (0, 3)
+      const op* c2 = find_op(net, pre + ".op.2");  // 7x1, stride (2, 1), padding (3, 0)
+      REQUIRE(c1);
+      REQUIRE(c2);
+      CHECK((c1->kh == 1 && c1->kw == 7 && c1->pad_h == 0 && c1->pad_w == 3));
+      CHECK(c1->stride == 1);
+      CHECK(c1->stride_w == 2);
+      CHECK(c1->stride_width() == 2);
+      CHECK((c2->kh == 7 && c2->kw == 1 && c2->pad_h == 3 && c2->pad_w == 0));
+      CHECK(c2->stride == 2);
+      CHECK(c2->stride_w == 1);
+      CHECK(c2->stride_width() == 1);
+      // the intermediate map is halved horizontally only, the output in both directions
+      const op& in = net.ops[static_cast<std::size_t>(net.ops[static_cast<std::size_t>(c1->inputs[0])].inputs[0])];
+      CHECK(c1->h == in.h);
+      CHECK(c1->w == (in.w + 1) / 2);
+      CHECK(c2->h == (in.h + 1) / 2);
+      CHECK(c2->w == (in.w + 1) / 2);
+    }
+  // stride 1 (a normal cell, or a reduction op on state 2): a single stride of 1 both ways
+  for (const char* name :
+       {"cells.0._ops.0.op.1", "cells.0._ops.0.op.2", "cells.1._ops.2.op.1", "cells.1._ops.2.op.2"}) {
+    INFO(name);
+    const op* c = find_op(net, name);
+    REQUIRE(c);
+    CHECK(c->stride == 1);
+    CHECK(c->stride_w == 0);
+  }
+  CHECK(find_op(net, "cells.1._ops.0.op.1")->w == 16);  // 32x32 -> 32x16 -> 16x16
+  CHECK(find_op(net, "cells.1._ops.0.op.1")->h == 32);
+  CHECK(find_op(net, "cells.1._ops.0.op.2")->h == 16);
+  // counts, the fast counter, and the split key (built without the builder) agree with the IR
+  CHECK(num_params(net) == deepnets_num_params(a));
+  CHECK(deepnets_count(a).num_params == num_params(net));
+  net_args a32 = a;
+  a32.C = 32;
+  a32.fc_dim = 256;
+  CHECK(split_key(a) == canonical_hash(deepnets_network(a32)));
+  // the flatten head (its size follows the final map) on 1x28x28 and on 3x30x30, where the
+  // second reduction gets an odd 15x15 map: 30 -> 15 -> 8
+  a.glob_avg = false;
+  for (int hw : {28, 30}) {
+    const int c = hw == 28 ? 1 : 3;
+    const network n2 = deepnets_network(a, c, hw, hw, 10);
+    CHECK(num_params(n2) == deepnets_num_params(a, deepnets_input{c, hw, hw, 10}));
+    CHECK(find_op(n2, "cells.3._ops.0.op.1")->w == (hw / 2 + 1) / 2);
+    CHECK(find_op(n2, "cells.3._ops.0.op.2")->h == (hw / 2 + 1) / 2);
+  }
+}
+
 TEST_CASE("deepnets: none ops follow the reference's forward (absent states, dead modules)", "[deepnets]") {
   SECTION("an all-none step: its state is replaced by zeros, ops reading it do not run") {
     net_args a = make_args({{"none", 0}, {"none", 1}, {"conv_3x3", 2}, {"sep_conv_3x3", 1}},

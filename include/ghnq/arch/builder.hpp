@@ -71,11 +71,21 @@ class builder {
   /// [out, C / groups, kh, kw], optional bias [out].
   int conv(int x, int out, int kh, int kw, int stride, int pad_h, int pad_w, int dilation = 1, int groups = 1,
            bool bias = false, std::string name = {}) {
+    return conv2(x, out, kh, kw, stride, stride, pad_h, pad_w, dilation, groups, bias, std::move(name));
+  }
+
+  /// Convolution with per-axis strides: as the kh x kw `conv`, with vertical stride `stride_h`
+  /// and horizontal stride `stride_w` (PyTorch's `stride=(stride_h, stride_w)`). Stored as
+  /// op::stride = stride_h and op::stride_w = stride_w, or 0 when both are equal.
+  /// \code int y = b.conv2(x, 16, 1, 7, 1, 2, 0, 3);   // 1x7 kernel, stride (1, 2), padding (0, 3) \endcode
+  int conv2(int x, int out, int kh, int kw, int stride_h, int stride_w, int pad_h, int pad_w, int dilation = 1,
+            int groups = 1, bool bias = false, std::string name = {}) {
     op o = make(op_type::conv, {x}, std::move(name));
     o.out_channels = out;
     o.kh = kh;
     o.kw = kw;
-    o.stride = stride;
+    o.stride = stride_h;
+    o.stride_w = stride_w == stride_h ? 0 : stride_w;
     o.pad_h = pad_h;
     o.pad_w = pad_w;
     o.dilation = dilation;

@@ -18,7 +18,8 @@
 ///    BN; preprocess1 = ReLU-conv1x1-BN; without `preproc`: Stride(2) / identity. In a reduction
 ///    cell, C *= C_mult and ops reading states 0 and 1 have stride 2.
 ///  - ops (names relative to "cells.k._ops.j"): conv_KxK = ReLU [op.0], conv [op.1], BN [op.2];
-///    conv_7x1_1x7 = ReLU, conv 1x7 [op.1], conv 7x1 [op.2], BN [op.3]; sep_conv_K = ReLU,
+///    conv_7x1_1x7 = ReLU, conv 1x7 stride (1, s) pad (0, 3) [op.1], conv 7x1 stride (s, 1) pad
+///    (3, 0) [op.2], BN [op.3] (per-axis strides: op::stride_w); sep_conv_K = ReLU,
 ///    depthwise K [op.1], 1x1 [op.2], BN [op.3], ReLU, depthwise K [op.5], 1x1 [op.6], BN [op.7];
 ///    dil_conv_K = ReLU, depthwise K dilation 2 [op.1], 1x1 [op.2], BN [op.3]; pools 3x3 pad 1;
 ///    skip_connect = identity, or FactorizedReduce [relu, conv_1, conv_2, bn] at stride 2;
@@ -40,9 +41,6 @@
 ///    parameters (they are in named_parameters()): they are emitted fed by `zero` placeholders and
 ///    do not reach `network::output`. Graph construction and execution look only at ops that
 ///    reach the output. A network whose output is None throws value_error.
-///  - conv_7x1_1x7 at stride 2: the reference's 1x7 conv has stride (1, 2) and its 7x1 conv stride
-///    (2, 1); the IR uses stride 1 then stride 2 in both directions, which gives the same values
-///    and sizes (the IR conv has a single stride).
 ///  - FactorizedReduce: conv_1 on x, conv_2 on x[:, :, 1:, 1:] (a `shift` op), both 1x1 stride 2.
 ///    The reference needs an even height and width there; for odd sizes (e.g. a 7x7 map of a
 ///    1x28x28 input) conv_2 is computed as conv(x, stride 2, pad 1) followed by `shift`, which
@@ -379,12 +377,13 @@ class dn_counter {
   std::int64_t params = 0;
 
   dn_val input(int c, int h, int w, int /*classes*/) { return {-1, c, h, w}; }
+  /// `stride` is the vertical stride; `stride_w` the horizontal one (0: same as `stride`).
   dn_val conv(const dn_val& x, int out, int kh, int kw, int stride, int ph, int pw, int dil, int groups,
-              const std::string&, const char*) {
+              const std::string&, const char*, int stride_w = 0) {
     GHNQ_CHECK(!x.flat() && x.c % groups == 0 && out % groups == 0, shape_error, "deepnets: conv ", kh, "x", kw,
                " (groups ", groups, ", out ", out, ") cannot take an input of shape ", dn_shape(x));
     params += std::int64_t{out} * (x.c / groups) * kh * kw;
-    return {-1, out, extent(x.h, kh, stride, ph, dil), extent(x.w, kw, stride, pw, dil)};
+    return {-1, out, extent(x.h, kh, stride, ph, dil), extent(x.w, kw, stride_w > 0 ? stride_w : stride, pw, dil)};
   }
   dn_val linear(const dn_val& x, int out, const std::string&, const char*) {
     GHNQ_CHECK(x.flat(), shape_error, "deepnets: linear needs a flat input, got ", dn_shape(x));
@@ -451,8 +450,9 @@ class dn_emitter {
 
   dn_val input(int, int, int, int) { return val(b_.input()); }
   dn_val conv(const dn_val& x, int out, int kh, int kw, int stride, int ph, int pw, int dil, int groups,
-              const std::string& pre, const char* leaf) {
-    return params(b_.conv(x.id, out, kh, kw, stride, ph, pw, dil, groups, false, dn_join(pre, leaf)));
+              const std::string& pre, const char* leaf, int stride_w = 0) {
+    return params(b_.conv2(x.id, out, kh, kw, stride, stride_w > 0 ? stride_w : stride, ph, pw, dil, groups, false,
+                           dn_join(pre, leaf)));
   }
   dn_val linear(const dn_val& x, int out, const std::string& pre, const char* leaf) {
     return params(b_.linear(x.id, out, true, dn_join(pre, leaf)));
@@ -676,8 +676,8 @@ class dn_construct {
       case cell_op::conv_7x7: return relu_conv_bn(x, c_out, 7, stride, pre);
       case cell_op::conv_7x1_1x7: {
         dn_val v = e_.relu(x, pre, "op.0");
-        v = e_.conv(v, c_in, 1, 7, 1, 0, 3, 1, 1, pre, "op.1");  // stride (1, s) in the reference
-        v = e_.conv(v, c_out, 7, 1, stride, 3, 0, 1, 1, pre, "op.2");  // stride (s, 1) there
+        v = e_.conv(v, c_in, 1, 7, 1, 0, 3, 1, 1, pre, "op.1", stride);    // 1x7, stride (1, s)
+        v = e_.conv(v, c_out, 7, 1, stride, 3, 0, 1, 1, pre, "op.2", 1);   // 7x1, stride (s, 1)
         return norm(v, pre, "op.3");
       }
       case cell_op::cse: {

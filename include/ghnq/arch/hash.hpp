@@ -6,7 +6,9 @@
 /// little-endian two's complement, strings as length + bytes):
 ///   "ghnq.arch/1", in_channels, in_h, in_w, num_classes, number of ops, then for each op:
 ///   its type name, the number of inputs and their indices, and the attributes relevant to its
-///   type (conv: out_channels, kh, kw, stride, pad_h, pad_w, dilation, groups, bias; linear:
+///   type (conv: out_channels, kh, kw, stride, pad_h, pad_w, dilation, groups, then bias as 0 / 1,
+///   or bias + 2 * stride_width() when the horizontal stride differs from `stride` — so convs
+///   with equal strides hash exactly as before per-axis strides existed; linear:
 ///   out_channels, bias; batch_norm: affine; pools: kernel, stride, padding; zero / subsample:
 ///   stride; dropout: the IEEE-754 bits of p, -0 as +0); finally the output index.
 /// Not hashed: op names, the network name, param_order (registration order is not structure) and
@@ -69,7 +71,9 @@ inline std::uint64_t canonical_hash(const network& net) {
     switch (o.type) {
       case op_type::conv:
         for (int v : {o.out_channels, o.kh, o.kw, o.stride, o.pad_h, o.pad_w, o.dilation, o.groups}) f.i64(v);
-        f.i64(o.bias ? 1 : 0);
+        // bias in {0, 1}; a distinct horizontal stride (>= 1) is folded in as 2 * sw (>= 2),
+        // so the encoding stays injective and unchanged for equal strides.
+        f.i64((o.bias ? 1 : 0) + (o.stride_width() != o.stride ? 2 * std::int64_t{o.stride_width()} : 0));
         break;
       case op_type::linear:
         f.i64(o.out_channels);

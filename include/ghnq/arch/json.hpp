@@ -2,8 +2,9 @@
 /// \brief Reading and writing the network IR as JSON (schema "ghnq.arch", version 1; documented in
 /// docs/arch_schema.md).
 ///
-/// Writing is canonical: fixed key set per op type, so `to_json(from_json(j)) == j` for any `j`
-/// produced by `to_json`. Reading validates every field (type, range, unknown keys) and then runs
+/// Writing is canonical: fixed key set per op type (plus a conv's "stride_w", written only when
+/// it differs from "stride"), so `to_json(from_json(j)) == j` for any `j` produced by
+/// `to_json`. Reading validates every field (type, range, unknown keys) and then runs
 /// `infer_shapes` and the parameter-order check.
 /// \code
 /// auto net = ghnq::arch::resnet20(3, 32, 32, 10);
@@ -68,6 +69,7 @@ inline nlohmann::json op_to_json(const op& o) {
       j["out_channels"] = o.out_channels;
       j["kernel"] = {o.kh, o.kw};
       j["stride"] = o.stride;
+      if (o.stride_width() != o.stride) j["stride_w"] = o.stride_width();  // per-axis strides only
       j["padding"] = {o.pad_h, o.pad_w};
       j["dilation"] = o.dilation;
       j["groups"] = o.groups;
@@ -195,7 +197,9 @@ struct json_reader {
 inline std::set<std::string> allowed_op_keys(op_type t) {
   std::set<std::string> k = {"type", "inputs", "name"};
   switch (t) {
-    case op_type::conv: k.insert({"out_channels", "kernel", "stride", "padding", "dilation", "groups", "bias"}); break;
+    case op_type::conv:
+      k.insert({"out_channels", "kernel", "stride", "stride_w", "padding", "dilation", "groups", "bias"});
+      break;
     case op_type::linear: k.insert({"out_channels", "bias"}); break;
     case op_type::batch_norm: k.insert("affine"); break;
     case op_type::max_pool:
@@ -237,6 +241,7 @@ inline op op_from_json(const nlohmann::json& j, int i) {
       r.need(j, "kernel");
       r.opt_pair(j, "kernel", o.kh, o.kw, 1);
       o.stride = r.opt_int(j, "stride", 1, 1);
+      o.stride_w = r.opt_int(j, "stride_w", 0, 1);  // absent: same as stride
       r.opt_pair(j, "padding", o.pad_h, o.pad_w, 0);
       o.dilation = r.opt_int(j, "dilation", 1, 1);
       o.groups = r.opt_int(j, "groups", 1, 1);

@@ -23,7 +23,7 @@ namespace ghnq::arch {
 /// Kinds of ops in the IR.
 enum class op_type : std::uint8_t {
   input,            ///< the image batch [N, in_channels, in_h, in_w]
-  conv,             ///< conv2d: out_channels, kh x kw, stride, padding, dilation, groups, bias
+  conv,             ///< conv2d: out_channels, kh x kw, stride (stride_w), padding, dilation, groups, bias
   linear,           ///< fully connected on [N, c]: out_channels, bias
   batch_norm,       ///< BatchNorm over channels of [N,C,H,W] or [N,C]; `bias` = affine
   relu,             ///< max(x, 0)
@@ -79,6 +79,7 @@ struct op {
   int out_channels = 0;
   int kh = 1, kw = 1;
   int stride = 1;           ///< conv, pools, zero, subsample
+  int stride_w = 0;         ///< conv only: horizontal stride; 0 = same as `stride` (which is then the vertical stride)
   int pad_h = 0, pad_w = 0;
   int dilation = 1;
   int groups = 1;
@@ -87,6 +88,9 @@ struct op {
 
   // filled by infer_shapes
   int c = 0, h = 0, w = 0;
+
+  /// Effective horizontal stride of a conv: `stride_w` when set (> 0), else `stride`.
+  int stride_width() const { return stride_w > 0 ? stride_w : stride; }
 
   bool has_params() const {
     return type == op_type::conv || type == op_type::linear || (type == op_type::batch_norm && bias);

@@ -186,17 +186,18 @@ class dn_hasher {
     return push(make(op_type::input, {}), cnt_.input(c, h, w, classes));
   }
   dn_val conv(const dn_val& x, int out, int kh, int kw, int stride, int ph, int pw, int dil, int groups,
-              const std::string& p, const char* l) {
+              const std::string& p, const char* l, int stride_w = 0) {
     op o = make(op_type::conv, {x.id});
     o.out_channels = out;
     o.kh = kh;
     o.kw = kw;
     o.stride = stride;
+    o.stride_w = stride_w == stride ? 0 : stride_w;  // as builder::conv2 stores it
     o.pad_h = ph;
     o.pad_w = pw;
     o.dilation = dil;
     o.groups = groups;
-    return push(std::move(o), cnt_.conv(x, out, kh, kw, stride, ph, pw, dil, groups, p, l));
+    return push(std::move(o), cnt_.conv(x, out, kh, kw, stride, ph, pw, dil, groups, p, l, stride_w));
   }
   dn_val linear(const dn_val& x, int out, const std::string& p, const char* l) {
     op o = make(op_type::linear, {x.id});

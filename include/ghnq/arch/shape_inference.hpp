@@ -9,6 +9,7 @@
 /// |-----------------|--------|-----------------------|------------------------------------------------------|
 /// | input           | 0      | -                     | [in_channels, in_h, in_w]                            |
 /// | conv            | 1      | [C, H, W]             | [out, Ho, Wo], Ho = floor((H + 2 ph - d (kh-1) - 1) / s) + 1 |
+/// |                 |        |                       | Wo likewise with pw, kw and stride_width()           |
 /// | linear          | 1      | flat [C]              | flat [out]                                           |
 /// | batch_norm      | 1      | [C, H, W] or [C]      | same                                                 |
 /// | relu, hardswish, sigmoid, identity, dropout | 1 | any | same                                            |
@@ -21,10 +22,11 @@
 /// | channel_scale   | 2      | x [C, H, W], s flat [C] | [C, H, W]                                          |
 /// | shift           | 1      | [C, H, W]             | [C, H - 1, W - 1] (x[:, :, 1:, 1:])                  |
 ///
-/// Attributes: conv out_channels, kh, kw, stride, dilation, groups >= 1, pad >= 0, C and out
-/// divisible by groups; linear out_channels >= 1; pools square (kh == kw, pad_h == pad_w) with
-/// kernel, stride >= 1 and 0 <= pad <= kernel / 2 (PyTorch's rule); zero / subsample stride >= 1;
-/// dropout p in [0, 1). Every computed spatial extent must be >= 1.
+/// Attributes: conv out_channels, kh, kw, stride, dilation, groups >= 1, stride_w >= 0 (0: same
+/// as stride), pad >= 0, C and out divisible by groups; linear out_channels >= 1; pools square
+/// (kh == kw, pad_h == pad_w) with kernel, stride >= 1 and 0 <= pad <= kernel / 2 (PyTorch's
+/// rule); zero / subsample stride >= 1; dropout p in [0, 1). Every computed spatial extent must
+/// be >= 1.
 ///
 /// Errors: ghnq::shape_error for wiring and shape problems (input count, index out of range, an
 /// input that is not earlier — a cycle or forward reference —, channel or spatial mismatch, empty
@@ -148,6 +150,8 @@ inline void infer_op_shape(network& net, int i) {
       GHNQ_CHECK(o.out_channels >= 1, value_error, where(), ": out_channels must be >= 1, got ", o.out_channels);
       GHNQ_CHECK(o.kh >= 1 && o.kw >= 1, value_error, where(), ": kernel must be >= 1, got ", o.kh, "x", o.kw);
       GHNQ_CHECK(o.stride >= 1, value_error, where(), ": stride must be >= 1, got ", o.stride);
+      GHNQ_CHECK(o.stride_w >= 0, value_error, where(), ": stride_w must be >= 0 (0 = same as stride), got ",
+                 o.stride_w);
       GHNQ_CHECK(o.dilation >= 1, value_error, where(), ": dilation must be >= 1, got ", o.dilation);
       GHNQ_CHECK(o.pad_h >= 0 && o.pad_w >= 0, value_error, where(), ": padding must be >= 0, got ", o.pad_h, "x",
                  o.pad_w);
@@ -161,7 +165,8 @@ inline void infer_op_shape(network& net, int i) {
       const std::int64_t ho =
           detail::floor_div(std::int64_t{x.h} + 2 * o.pad_h - std::int64_t{o.dilation} * (o.kh - 1) - 1, o.stride) + 1;
       const std::int64_t wo =
-          detail::floor_div(std::int64_t{x.w} + 2 * o.pad_w - std::int64_t{o.dilation} * (o.kw - 1) - 1, o.stride) + 1;
+          detail::floor_div(std::int64_t{x.w} + 2 * o.pad_w - std::int64_t{o.dilation} * (o.kw - 1) - 1,
+                            o.stride_width()) + 1;
       need_positive(ho, "height");
       need_positive(wo, "width");
       o.c = o.out_channels;

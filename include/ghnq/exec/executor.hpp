@@ -192,7 +192,8 @@ class executor {
         return x;
       case op_type::conv: {
         nn::conv2d_params cp;
-        cp.stride_h = cp.stride_w = o.stride;
+        cp.stride_h = o.stride;
+        cp.stride_w = o.stride_width();
         cp.pad_h = o.pad_h;
         cp.pad_w = o.pad_w;
         cp.dilation_h = cp.dilation_w = o.dilation;
