@@ -44,16 +44,27 @@ using dtape = autograd::tape<double>;
 using graph_fn = std::function<dvar(dtape&, std::vector<dvar>&)>;
 
 /// Central-difference check of d(sum(R * f(inputs)))/d(input) for every input that requires a
-/// gradient, with R a fixed random seed tensor. Analytic gradients come from the tape.
+/// gradient, with R a fixed random seed tensor. Analytic gradients come from the tape. Gradient
+/// buffers start at random values G0 so that an op overwriting instead of accumulating fails;
+/// inputs that do not require a gradient must not receive one.
 inline void check_gradients(const graph_fn& f, std::vector<dvar> inputs, double eps = 1e-6,
                             double atol = 1e-6, double rtol = 1e-5, std::uint64_t seed = 7) {
   rng g(seed);
-  for (auto& v : inputs) v.reset_grad();
+  std::vector<tensor<double>> g0(inputs.size());
+  for (std::size_t k = 0; k < inputs.size(); ++k) {
+    inputs[k].reset_grad();
+    if (inputs[k].requires_grad()) {
+      g0[k] = random_tensor<double>(inputs[k].shape(), g);
+      inputs[k].grad().copy_from(g0[k]);
+    }
+  }
   dtape tp;
   auto y = f(tp, inputs);
   REQUIRE(y.requires_grad());
   const auto R = random_tensor<double>(y.shape(), g);
   tp.backward(y, R);
+  for (auto& v : inputs)
+    if (!v.requires_grad()) REQUIRE_FALSE(v.has_grad());
 
   auto loss = [&]() {
     dtape t2;
@@ -76,7 +87,7 @@ inline void check_gradients(const graph_fn& f, std::vector<dvar> inputs, double 
       const double lm = loss();
       x.flat(i) = x0;
       const double numeric = (lp - lm) / (2 * eps);
-      const double analytic = v.grad().flat(i);
+      const double analytic = v.grad().flat(i) - g0[k].flat(i);
       INFO("input " << k << " (" << v.name() << ") element " << i << ": analytic " << analytic << ", numeric "
                     << numeric);
       REQUIRE(std::abs(analytic - numeric) <= atol + rtol * std::max(std::abs(analytic), std::abs(numeric)));

@@ -147,3 +147,21 @@ TEST_CASE("CPU allocator reuses freed blocks of the same size class", "[backend]
   release_cached_memory();
   CHECK(memory_stats().bytes_cached == 0);
 }
+
+TEST_CASE("the header version matches the CMake project version", "[core]") {
+  CHECK(std::string(ghnq::version_string) == GHNQ_PROJECT_VERSION);
+  CHECK(std::to_string(GHNQ_VERSION_MAJOR) + "." + std::to_string(GHNQ_VERSION_MINOR) + "." +
+            std::to_string(GHNQ_VERSION_PATCH) ==
+        GHNQ_PROJECT_VERSION);
+}
+
+TEST_CASE("undefined and oversized tensors are errors, not crashes", "[tensor]") {
+  tensor<float> u;
+  CHECK(u.numel() == 0);
+  CHECK(u.to_vector().empty());
+  CHECK_THROWS_AS(u.clone(), value_error);
+  CHECK_THROWS_AS(tensor<float>({std::int64_t(1) << 32, std::int64_t(1) << 32}), shape_error);
+  autograd::tape<float> tp;
+  auto x = autograd::var<float>(tensor<float>::from({1}, {1.f}));  // no gradient required
+  CHECK_THROWS_AS(tp.backward(nn::relu(tp, x)), value_error);
+}

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "ghnq/autograd/variable.hpp"
+#include "ghnq/backend/cpu/elementwise.hpp"
 
 namespace ghnq::autograd {
 
@@ -58,21 +59,28 @@ class tape {
 
   /// Backward from a one-element output (dy = 1).
   void backward(const var_type& y) {
+    GHNQ_CHECK(y.defined(), value_error, "tape::backward: undefined output");
     GHNQ_CHECK(y.value().numel() == 1, shape_error, "tape::backward: output of shape ", y.shape(),
                " is not a scalar; pass a seed gradient");
     auto seed = tensor_type::from(y.shape(), {T(1)});
     backward(y, seed);
   }
-  /// Backward from any output with the given gradient dy.
+  /// Backward from any output with the given gradient dy (accumulated into y.grad()).
+  /// The tape is cleared afterwards, also when a closure throws.
   void backward(const var_type& y, const tensor_type& dy) {
+    struct clear_on_exit {
+      tape& t;
+      ~clear_on_exit() { t.clear(); }
+    } guard{*this};
+    GHNQ_CHECK(y.defined(), value_error, "tape::backward: undefined output");
+    GHNQ_CHECK(y.requires_grad(), value_error, "tape::backward: the output does not depend on anything that ",
+               "requires a gradient (were the inputs created with autograd::parameter, and was the tape recording?)");
     GHNQ_CHECK(dy.shape() == y.shape(), shape_error, "tape::backward: seed ", dy.shape(), " for output ",
                y.shape());
-    if (y.requires_grad()) {
-      auto& g = y.grad();
-      g.copy_from(dy);
-    }
+    auto& g = y.grad();
+    const auto seed = dy.contiguous();
+    backend::impl<Backend, backend::op::axpy>::run(T(1), seed.data(), g.data(), g.numel());
     for (auto it = ops_.rbegin(); it != ops_.rend(); ++it) (*it)();
-    clear();
   }
   /// Forget all recorded closures (and the intermediate values they keep alive).
   void clear() { ops_.clear(); }

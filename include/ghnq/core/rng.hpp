@@ -57,6 +57,7 @@ class rng {
   }
   /// Uniform integer in [lo, hi] (inclusive).
   std::int64_t randint(std::int64_t lo, std::int64_t hi) {
+    if (hi <= lo) return lo;  // empty or single-value range
     return lo + static_cast<std::int64_t>(below(static_cast<std::uint64_t>(hi - lo + 1)));
   }
   /// True with probability p.

@@ -130,7 +130,9 @@ class loader {
     }
     const int c = d.channels(), h = d.height(), w = d.width();
     const ghnq::shape want{b, c, h, w};
-    if (!out.images.defined() || out.images.shape() != want || !out.images.is_contiguous()) {
+    // Reuse the buffer only when nobody else holds it (a kept copy of a previous batch is never overwritten).
+    if (!out.images.defined() || out.images.shape() != want || !out.images.is_contiguous() ||
+        out.images.use_count() != 1) {
       out.images = tensor<float>(want);
     }
     out.labels.resize(static_cast<std::size_t>(b));

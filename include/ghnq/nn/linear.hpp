@@ -13,6 +13,7 @@ var<T, B> linear(tape<T, B>& tp, const var<T, B>& x, const var<T, B>& w, const v
   const auto n = x.shape()[0], in = x.shape()[1], outf = w.shape()[0];
   GHNQ_CHECK(w.shape()[1] == in, shape_error, "linear: input ", x.shape(), " does not match weight ", w.shape());
   if (b.defined()) {
+    detail::require_rank(b, 1, "linear", "bias");
     GHNQ_CHECK(b.shape() == ghnq::shape({outf}), shape_error, "linear: bias ", b.shape(), " for weight ",
                w.shape());
   }
@@ -36,11 +37,8 @@ var<T, B> linear(tape<T, B>& tp, const var<T, B>& x, const var<T, B>& w, const v
         G::run(false, false, n, in, outf, T(1), dy, outf, w.value().data(), in, T(1), x.grad().data(), in);
       if (w.requires_grad())  // dW += dy^T x
         G::run(true, false, outf, in, n, T(1), dy, outf, x.value().data(), in, T(1), w.grad().data(), in);
-      if (b.defined() && b.requires_grad()) {
-        T* db = b.grad().data();
-        for (std::int64_t i = 0; i < n; ++i)
-          for (std::int64_t j = 0; j < outf; ++j) db[j] += dy[i * outf + j];
-      }
+      if (b.defined() && b.requires_grad())  // db += column sums of dy
+        backend::impl<B, backend::op::axpy>::add_column_sums(dy, n, outf, b.grad().data());
     });
   }
   return out;

@@ -34,16 +34,18 @@ class shape {
   /// Extent of dimension i; negative i counts from the back.
   std::int64_t dim(int i) const {
     const int j = i < 0 ? i + rank_ : i;
-    GHNQ_CHECK(j >= 0 && j < rank_, shape_error, "shape", to_string(), ": no dimension ", i);
+    GHNQ_CHECK(j >= 0 && j < rank_, shape_error, "shape ", to_string(), ": no dimension ", i);
     return d_[static_cast<std::size_t>(j)];
   }
   const std::int64_t* begin() const noexcept { return d_.data(); }
   const std::int64_t* end() const noexcept { return d_.data() + rank_; }
 
-  /// Number of elements (1 for rank 0).
-  std::int64_t numel() const noexcept {
+  /// Number of elements (1 for rank 0). Throws shape_error when it does not fit in int64.
+  std::int64_t numel() const {
     std::int64_t n = 1;
-    for (int i = 0; i < rank_; ++i) n *= d_[static_cast<std::size_t>(i)];
+    for (int i = 0; i < rank_; ++i)
+      GHNQ_CHECK(!__builtin_mul_overflow(n, d_[static_cast<std::size_t>(i)], &n), shape_error, "shape ",
+                 to_string(), ": element count overflows 64 bits");
     return n;
   }
   void push_back(std::int64_t v) {

@@ -14,6 +14,7 @@
 /// \endcode
 #pragma once
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <initializer_list>
@@ -46,6 +47,8 @@ class tensor {
   /// Uninitialized tensor of the given shape.
   explicit tensor(const ghnq::shape& s) : shape_(s), strides_(contiguous_strides(s)) {
     const auto n = static_cast<std::size_t>(s.numel());
+    GHNQ_CHECK(n <= static_cast<std::size_t>(PTRDIFF_MAX) / sizeof(T), shape_error, "tensor: shape ", s,
+               " needs more bytes than addressable");
     T* p = static_cast<T*>(memory::allocate(n * sizeof(T)));
     data_ = std::shared_ptr<T>(p, [](T* q) { memory::deallocate(q); });
   }
@@ -82,7 +85,8 @@ class tensor {
   const ghnq::shape& strides() const noexcept { return strides_; }
   int rank() const noexcept { return shape_.rank(); }
   std::int64_t dim(int i) const { return shape_.dim(i); }
-  std::int64_t numel() const noexcept { return shape_.numel(); }
+  /// Number of elements (0 for an undefined tensor).
+  std::int64_t numel() const { return data_ ? shape_.numel() : 0; }
   bool defined() const noexcept { return static_cast<bool>(data_); }
   bool is_contiguous() const noexcept { return strides_ == contiguous_strides(shape_); }
 
@@ -118,16 +122,17 @@ class tensor {
 
   // ---- whole-tensor operations ---------------------------------------------------------
   void set_zero() {
-    GHNQ_CHECK(is_contiguous(), shape_error, "tensor::set_zero: tensor is not contiguous");
+    GHNQ_CHECK(is_contiguous(), shape_error, "tensor::set_zero: tensor ", shape_, " is not contiguous");
     memory::zero(data(), static_cast<std::size_t>(numel()) * sizeof(T));
   }
   void fill(T v) {
     static_assert(!Backend::is_device, "tensor::fill: host backends only");
-    GHNQ_CHECK(is_contiguous(), shape_error, "tensor::fill: tensor is not contiguous");
+    GHNQ_CHECK(is_contiguous(), shape_error, "tensor::fill: tensor ", shape_, " is not contiguous");
     std::fill_n(data(), numel(), v);
   }
   /// Deep copy (always contiguous).
   tensor clone() const {
+    GHNQ_CHECK(defined(), value_error, "tensor::clone: undefined tensor");
     tensor t(shape_);
     if (is_contiguous()) {
       memory::copy(t.data(), data(), static_cast<std::size_t>(numel()) * sizeof(T));
@@ -140,13 +145,15 @@ class tensor {
   tensor contiguous() const { return is_contiguous() ? *this : clone(); }
   /// Copy the values of `src` (same shape) into this tensor.
   void copy_from(const tensor& src) {
+    GHNQ_CHECK(defined() && src.defined(), value_error, "tensor::copy_from: undefined tensor");
     GHNQ_CHECK(src.shape() == shape_, shape_error, "tensor::copy_from: shape ", src.shape(), " into ", shape_);
-    GHNQ_CHECK(is_contiguous(), shape_error, "tensor::copy_from: destination is not contiguous");
+    GHNQ_CHECK(is_contiguous(), shape_error, "tensor::copy_from: destination ", shape_, " is not contiguous");
     auto s = src.contiguous();
     memory::copy(data(), s.data(), static_cast<std::size_t>(numel()) * sizeof(T));
   }
   /// Copy the whole tensor to a host vector (row-major).
   std::vector<T> to_vector() const {
+    if (!defined()) return {};
     auto s = contiguous();
     std::vector<T> v(static_cast<std::size_t>(numel()));
     memory::copy_to_host(v.data(), s.data(), v.size() * sizeof(T));

@@ -19,7 +19,7 @@ namespace op {
 /// \endcode
 template <class Fn>
 struct activation {};
-/// y = a + b (same size) and accumulation dst += alpha * src.
+/// Accumulation y += alpha * x, sums z = x + y, and column sums (bias gradients).
 struct axpy {};
 }  // namespace op
 
@@ -73,6 +73,17 @@ struct impl<cpu_t, op::axpy> {
   static void run(T alpha, const T* x, T* y, std::int64_t n) {
     parallel_for(0, n, kGrain, [&](std::int64_t b, std::int64_t e) {
       for (std::int64_t i = b; i < e; ++i) y[i] += alpha * x[i];
+    });
+  }
+  /// acc[j] += sum_i x[i * cols + j] (column sums of a row-major rows x cols matrix, in double).
+  template <class T>
+  static void add_column_sums(const T* x, std::int64_t rows, std::int64_t cols, T* acc) {
+    parallel_for(0, cols, 64, [&](std::int64_t b, std::int64_t e) {
+      for (std::int64_t j = b; j < e; ++j) {
+        double s = 0;
+        for (std::int64_t i = 0; i < rows; ++i) s += static_cast<double>(x[i * cols + j]);
+        acc[j] += static_cast<T>(s);
+      }
     });
   }
   /// z[i] = x[i] + y[i]

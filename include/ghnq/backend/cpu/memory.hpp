@@ -38,9 +38,11 @@ class cpu_pool {
   static constexpr std::size_t kHeader = 64;  // keeps the user pointer 64-byte aligned
   static constexpr std::size_t kFineLimit = 64 * 1024;  // 64-byte classes below, 4 per octave above
 
+  /// The process-wide pool; deliberately never destroyed, so tensors freed by static or
+  /// thread-local objects at exit still find it.
   static cpu_pool& instance() {
-    static cpu_pool p;
-    return p;
+    static cpu_pool* p = new cpu_pool;
+    return *p;
   }
 
   void* allocate(std::size_t bytes) {
@@ -120,7 +122,6 @@ class cpu_pool {
     if (const char* env = std::getenv("GHNQ_CPU_CACHE_MB")) mb = static_cast<std::size_t>(std::strtoull(env, nullptr, 10));
     cap_ = mb * 1024 * 1024;
   }
-  ~cpu_pool() { release(); }
 
   std::mutex m_;
   std::unordered_map<std::size_t, std::vector<void*>> free_;

@@ -2,8 +2,10 @@
 /// \brief CPU kernels of the optimizers and of gradient-norm clipping (op tags sgd_update,
 /// adam_update, grad_norm; their interfaces are documented at the tags).
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 #include "ghnq/backend/cpu/parallel.hpp"
 #include "ghnq/backend/ops.hpp"

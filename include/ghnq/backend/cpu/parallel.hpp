@@ -14,8 +14,9 @@
 
 namespace ghnq {
 
-/// Run f(begin, end) over sub-ranges of [first, last) in parallel; sub-ranges hold at least
-/// `grain` indices (a range smaller than grain runs inline on the caller).
+/// Run f(begin, end) over sub-ranges of [first, last) in parallel. oneTBB splits a range while
+/// it is larger than `grain`, so sub-ranges hold between about grain/2 and grain indices; a
+/// range of at most `grain` indices runs inline on the caller.
 template <class F>
 void parallel_for(std::int64_t first, std::int64_t last, std::int64_t grain, F&& f) {
   if (last <= first) return;
