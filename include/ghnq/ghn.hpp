@@ -18,6 +18,7 @@
 #include "ghnq/arch.hpp"
 #include "ghnq/graph.hpp"
 #include "ghnq/exec.hpp"
+#include "ghnq/ghn/hypernet.hpp"
 #include "ghnq/train.hpp"
 #include "ghnq/data.hpp"
 #include "ghnq/io/progress.hpp"

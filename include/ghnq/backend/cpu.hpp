@@ -1,9 +1,12 @@
 /// \file
 /// \brief The CPU backend (oneTBB + Eigen): every `backend::impl<cpu_t, Op>` specialization.
 #pragma once
+#include "ghnq/backend/cpu/affine.hpp"
+#include "ghnq/backend/cpu/combine_rows.hpp"
 #include "ghnq/backend/cpu/conv2d.hpp"
 #include "ghnq/backend/cpu/dropout.hpp"
 #include "ghnq/backend/cpu/elementwise.hpp"
+#include "ghnq/backend/cpu/gather.hpp"
 #include "ghnq/backend/cpu/gemm.hpp"
 #include "ghnq/backend/cpu/gru.hpp"
 #include "ghnq/backend/cpu/indexing.hpp"

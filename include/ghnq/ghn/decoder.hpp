@@ -13,11 +13,13 @@
 /// Parameter counts at H = 32, max_shape (64, 64, 11, 11), nc = 10: decoder_1d 10,432; bias_class 650;
 /// conv_decoder 1,597,450 (fc 511,104; conv1 33,024; conv2 1,052,672; class_layer_predictor 650).
 #pragma once
+#include <cmath>
 #include <algorithm>
 #include <cstdint>
 #include <vector>
 
 #include "ghnq/core/rng.hpp"
+#include "ghnq/ghn/init.hpp"
 #include "ghnq/ghn/tiling.hpp"
 #include "ghnq/nn/activation.hpp"
 #include "ghnq/nn/gather.hpp"
@@ -30,10 +32,8 @@ namespace ghnq::ghn {
 namespace detail {
 /// A parameter of shape s drawn from U(-1/sqrt(fan_in), 1/sqrt(fan_in)) on the host, moved to backend B.
 template <class T, class B>
-autograd::var<T, B> uniform_parameter(const ghnq::shape& s, std::int64_t fan_in, rng& g, const char* name) {
-  tensor<T> h(s);
-  nn::init::uniform_fan_in(h, g, fan_in);
-  return autograd::parameter(to_backend<B>(h), name);
+autograd::var<T, B> fan_in_parameter(const ghnq::shape& s, std::int64_t fan_in, rng& g, const char* name) {
+  return uniform_parameter<T, B>(s, 1.0 / std::sqrt(static_cast<double>(fan_in)), g, name);
 }
 template <class T, class B>
 std::int64_t count(const std::vector<autograd::var<T, B>>& ps) {
@@ -67,10 +67,10 @@ struct decoder_1d {
   decoder_1d(std::int64_t hidden, const max_shape& ms, rng& g) : hid(hidden), mc(std::max(ms.out, ms.in)) {
     GHNQ_CHECK(hid >= 1 && mc >= 1, value_error, "decoder_1d: hidden size ", hid, " and max_shape (", ms.out, ", ",
                ms.in, ") must be positive");
-    w1 = detail::uniform_parameter<T, B>({2 * hid, hid}, hid, g, "decoder_1d.0.weight");
-    b1 = detail::uniform_parameter<T, B>({2 * hid}, hid, g, "decoder_1d.0.bias");
-    w2 = detail::uniform_parameter<T, B>({2 * mc, 2 * hid}, 2 * hid, g, "decoder_1d.2.weight");
-    b2 = detail::uniform_parameter<T, B>({2 * mc}, 2 * hid, g, "decoder_1d.2.bias");
+    w1 = detail::fan_in_parameter<T, B>({2 * hid, hid}, hid, g, "decoder_1d.0.weight");
+    b1 = detail::fan_in_parameter<T, B>({2 * hid}, hid, g, "decoder_1d.0.bias");
+    w2 = detail::fan_in_parameter<T, B>({2 * mc, 2 * hid}, 2 * hid, g, "decoder_1d.2.weight");
+    b2 = detail::fan_in_parameter<T, B>({2 * mc}, 2 * hid, g, "decoder_1d.2.bias");
   }
   std::vector<var_type> parameters() const { return {w1, b1, w2, b2}; }
   std::int64_t num_params() const { return detail::count(parameters()); }
@@ -94,8 +94,8 @@ struct bias_class {
   bias_class() = default;
   bias_class(const max_shape& ms, std::int64_t num_classes, rng& g) : mc(std::max(ms.out, ms.in)), nc(num_classes) {
     GHNQ_CHECK(nc >= 1, value_error, "bias_class: number of classes ", nc, " must be >= 1");
-    w = detail::uniform_parameter<T, B>({nc, mc}, mc, g, "bias_class.1.weight");
-    b = detail::uniform_parameter<T, B>({nc}, mc, g, "bias_class.1.bias");
+    w = detail::fan_in_parameter<T, B>({nc, mc}, mc, g, "bias_class.1.weight");
+    b = detail::fan_in_parameter<T, B>({nc}, mc, g, "bias_class.1.bias");
   }
   std::vector<var_type> parameters() const { return {w, b}; }
   std::int64_t num_params() const { return detail::count(parameters()); }
@@ -135,14 +135,14 @@ struct conv_decoder {
       : hid(hidden), h0(4 * hidden), h1(8 * hidden), m0(ms.out), m1(ms.in), s(ms.spatial), nc(num_classes) {
     GHNQ_CHECK(hid >= 1 && m0 >= 1 && m1 >= 1 && s >= 1 && nc >= 1, value_error, "conv_decoder: hidden ", hid,
                ", max_shape (", m0, ", ", m1, ", ", s, ", ", s, ") and classes ", nc, " must be positive");
-    fc_w = detail::uniform_parameter<T, B>({h0 * s * s, hid}, hid, g, "decoder.fc.0.weight");
-    fc_b = detail::uniform_parameter<T, B>({h0 * s * s}, hid, g, "decoder.fc.0.bias");
-    conv1_w = detail::uniform_parameter<T, B>({h1, h0, 1, 1}, h0, g, "decoder.conv.0.weight");
-    conv1_b = detail::uniform_parameter<T, B>({h1}, h0, g, "decoder.conv.0.bias");
-    conv2_w = detail::uniform_parameter<T, B>({m0 * m1, h1, 1, 1}, h1, g, "decoder.conv.2.weight");
-    conv2_b = detail::uniform_parameter<T, B>({m0 * m1}, h1, g, "decoder.conv.2.bias");
-    cls_w = detail::uniform_parameter<T, B>({nc, m0, 1, 1}, m0, g, "decoder.class_layer_predictor.1.weight");
-    cls_b = detail::uniform_parameter<T, B>({nc}, m0, g, "decoder.class_layer_predictor.1.bias");
+    fc_w = detail::fan_in_parameter<T, B>({h0 * s * s, hid}, hid, g, "decoder.fc.0.weight");
+    fc_b = detail::fan_in_parameter<T, B>({h0 * s * s}, hid, g, "decoder.fc.0.bias");
+    conv1_w = detail::fan_in_parameter<T, B>({h1, h0, 1, 1}, h0, g, "decoder.conv.0.weight");
+    conv1_b = detail::fan_in_parameter<T, B>({h1}, h0, g, "decoder.conv.0.bias");
+    conv2_w = detail::fan_in_parameter<T, B>({m0 * m1, h1, 1, 1}, h1, g, "decoder.conv.2.weight");
+    conv2_b = detail::fan_in_parameter<T, B>({m0 * m1}, h1, g, "decoder.conv.2.bias");
+    cls_w = detail::fan_in_parameter<T, B>({nc, m0, 1, 1}, m0, g, "decoder.class_layer_predictor.1.weight");
+    cls_b = detail::fan_in_parameter<T, B>({nc}, m0, g, "decoder.class_layer_predictor.1.bias");
   }
   std::vector<var_type> parameters() const {
     return {fc_w, fc_b, conv1_w, conv1_b, conv2_w, conv2_b, cls_w, cls_b};

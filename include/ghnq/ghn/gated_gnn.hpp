@@ -28,6 +28,7 @@
 
 #include "ghnq/core/error.hpp"
 #include "ghnq/core/rng.hpp"
+#include "ghnq/ghn/init.hpp"
 #include "ghnq/graph/batch.hpp"
 #include "ghnq/nn/activation.hpp"
 #include "ghnq/nn/combine_rows.hpp"
@@ -37,13 +38,6 @@
 namespace ghnq::ghn {
 
 namespace detail {
-/// A parameter with every element drawn U(-bound, bound) (PyTorch's Linear / GRUCell default).
-template <class T, class B>
-autograd::var<T, B> uniform_parameter(const ghnq::shape& s, double bound, rng& g, std::string name) {
-  std::vector<T> v(static_cast<std::size_t>(s.numel()));
-  for (auto& e : v) e = static_cast<T>(g.uniform(-bound, bound));
-  return autograd::parameter(tensor<T, B>::from(s, v), std::move(name));
-}
 }  // namespace detail
 
 /// MLP(in, (a, b)) of ppuda: Linear(in -> a), ReLU, Linear(a -> b), ReLU (ReLU after the last layer

@@ -175,7 +175,7 @@ autograd::var<T, B> normalize_fan_in(autograd::tape<T, B>& tp, const autograd::v
     case param_role::bias:
       return nn::tanh(tp, nn::affine(tp, W, 0.2));
     default:
-      throw value_error(detail::concat("normalize_fan_in: 1-D tensor of shape ", sz,
+      throw value_error(::ghnq::detail::concat("normalize_fan_in: 1-D tensor of shape ", sz,
                                        " needs role norm_weight or bias, got weight"));
   }
 }
