@@ -3,11 +3,14 @@
 ///
 /// Block sizes are rounded up to a size class (64-byte steps below 64 KiB, four classes per
 /// power of two above) and, when freed, kept in a per-class free list for reuse, up to a cap
-/// on the cached bytes (GHNQ_CPU_CACHE_MB, default 1024). Training loops that allocate the same
+/// on the cached bytes: the larger of GHNQ_CPU_CACHE_MB (default 1024) and the peak number of
+/// bytes in use so far, so a program whose steady state needs more than the default still
+/// reaches it, and the cache never holds more than the program once used. Training loops that allocate the same
 /// shapes every step therefore reach a steady state with no system allocations (and no page
 /// faults on fresh memory). `memory_stats()` reports the counters; `release_cached_memory()`
 /// returns cached blocks to the system.
 #pragma once
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
@@ -71,6 +74,7 @@ class cpu_pool {
     {
       std::lock_guard<std::mutex> lock(m_);
       stats_.bytes_in_use += size;
+      if (stats_.bytes_in_use > peak_) peak_ = stats_.bytes_in_use;
     }
     std::memcpy(base, &size, sizeof size);
     return static_cast<char*>(base) + kHeader;
@@ -83,7 +87,7 @@ class cpu_pool {
     std::memcpy(&size, base, sizeof size);
     std::lock_guard<std::mutex> lock(m_);
     stats_.bytes_in_use -= size;
-    if (stats_.bytes_cached + size <= cap_) {
+    if (stats_.bytes_cached + size <= std::max<std::size_t>(cap_, peak_)) {
       try {
         free_[size].push_back(base);
         stats_.bytes_cached += size;
@@ -127,6 +131,7 @@ class cpu_pool {
   std::unordered_map<std::size_t, std::vector<void*>> free_;
   memory_stats_t stats_;
   std::size_t cap_ = 0;
+  std::size_t peak_ = 0;  // peak bytes in use
 };
 
 }  // namespace backend::detail
