@@ -56,14 +56,6 @@ options parse(int argc, char** argv) {
   return o;
 }
 
-/// The first n samples of a dataset (for quick runs).
-ghnq::data::dataset head(const ghnq::data::dataset& d, std::int64_t n) {
-  if (n <= 0 || n >= d.size()) return d;
-  ghnq::data::dataset h = d;
-  h.images = d.images.slice(0, 0, n).clone();
-  h.labels.assign(d.labels.begin(), d.labels.begin() + n);
-  return h;
-}
 
 struct cnn {
   var w1, g1, b1, w2, g2, b2, fc1, fc1b, fc2, fc2b;
@@ -136,8 +128,8 @@ int main(int argc, char** argv) try {
   if (opt.threads > 0) limit = std::make_unique<ghnq::thread_limit>(opt.threads);
   const auto t0 = std::chrono::steady_clock::now();
 
-  const auto train = head(ghnq::data::load_fashion_mnist(ghnq::data::split::train, opt.data), opt.train_limit);
-  const auto test = head(ghnq::data::load_fashion_mnist(ghnq::data::split::test, opt.data), opt.test_limit);
+  const auto train = ghnq::data::load_fashion_mnist(ghnq::data::split::train, opt.data).head(opt.train_limit);
+  const auto test = ghnq::data::load_fashion_mnist(ghnq::data::split::test, opt.data).head(opt.test_limit);
   std::printf("ghnq %s | Fashion-MNIST: %lld train, %lld test images | %d threads\n", ghnq::version_string,
               static_cast<long long>(train.size()), static_cast<long long>(test.size()), ghnq::max_threads());
 

@@ -63,13 +63,6 @@ options parse(int argc, char** argv) {
   return o;
 }
 
-ghnq::data::dataset head(const ghnq::data::dataset& d, std::int64_t n) {
-  if (n <= 0 || n >= d.size()) return d;
-  ghnq::data::dataset h = d;
-  h.images = d.images.slice(0, 0, n).clone();
-  h.labels.assign(d.labels.begin(), d.labels.begin() + n);
-  return h;
-}
 
 ghnq::arch::network make_arch(const options& o) {
   if (!o.json.empty()) return ghnq::arch::load_json(o.json);
@@ -96,8 +89,8 @@ int main(int argc, char** argv) try {
   const auto net = make_arch(opt);
   if (!opt.save_arch.empty()) ghnq::arch::save_json(net, opt.save_arch);
   ghnq::exec::executor<ghnq::backend::cpu_t, T> ex(net);
-  const auto train = head(ghnq::data::load_fashion_mnist(ghnq::data::split::train, opt.data), opt.train_limit);
-  const auto test = head(ghnq::data::load_fashion_mnist(ghnq::data::split::test, opt.data), opt.test_limit);
+  const auto train = ghnq::data::load_fashion_mnist(ghnq::data::split::train, opt.data).head(opt.train_limit);
+  const auto test = ghnq::data::load_fashion_mnist(ghnq::data::split::test, opt.data).head(opt.test_limit);
   std::printf("ghnq %s | %s: %zu ops, %lld parameters | Fashion-MNIST %lld/%lld | %d threads\n",
               ghnq::version_string, net.name.c_str(), net.ops.size(),
               static_cast<long long>(ghnq::arch::num_params(net)), static_cast<long long>(train.size()),

@@ -726,3 +726,14 @@ TEST_CASE("fashion-mnist: the installed test split", "[data][idx][fashion]") {
   CHECK(std::abs(mean) < 0.02);
   CHECK(std::abs(sd - 1.0) < 0.02);
 }
+
+TEST_CASE("dataset::head copies the first n samples", "[data]") {
+  const auto ds = synthetic(10, 1, 4, 4);
+  const auto h = ds.head(3);
+  REQUIRE(h.size() == 3);
+  CHECK(h.labels == std::vector<std::int32_t>(ds.labels.begin(), ds.labels.begin() + 3));
+  CHECK(std::equal(h.images.data(), h.images.data() + 3 * 16, ds.images.data()));
+  CHECK_FALSE(h.images.same_data(ds.images));
+  CHECK(ds.head(0).size() == 10);
+  CHECK(ds.head(50).size() == 10);
+}

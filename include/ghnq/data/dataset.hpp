@@ -47,6 +47,15 @@ struct dataset {
   int channels() const { return static_cast<int>(images.dim(1)); }
   int height() const { return static_cast<int>(images.dim(2)); }
   int width() const { return static_cast<int>(images.dim(3)); }
+
+  /// The first n samples as a new dataset (a copy); n <= 0 or n >= size() gives the whole set.
+  dataset head(std::int64_t n) const {
+    if (n <= 0 || n >= size()) return *this;
+    dataset h = *this;
+    h.images = images.slice(0, 0, n).clone();
+    h.labels.assign(labels.begin(), labels.begin() + n);
+    return h;
+  }
 };
 
 /// Per-channel normalization applied to x / 255: y = (x / 255 - mean[c]) / std[c].
