@@ -1,6 +1,7 @@
 // ghnq: the command-line driver.
 //
 //   ghnq arch inspect FILE [--index i] [--input CxHxW] [--classes K] [--s-max S] [--dot OUT.dot]
+//   ghnq ghn info | train-ghn | eval-ghn | predict      (see ghn_commands.hpp)
 //
 // FILE is a ghnq architecture JSON ({"format": "ghnq.arch", ...}) or a file of DeepNets-1M
 // net_args ({"nets": [{"net_args": {...}, "eval": {"C": .., "fc_dim": ..}}]}, or one net_args
@@ -18,7 +19,12 @@
 namespace {
 
 const char* kUsage =
-    "usage: ghnq arch inspect FILE [--index i] [--input CxHxW] [--classes K] [--s-max S] [--dot OUT.dot]\n";
+    "usage: ghnq arch inspect FILE [--index i] [--input CxHxW] [--classes K] [--s-max S] [--dot OUT.dot]\n"
+    "       ghnq ghn info [--config ghn2-cifar10 | --checkpoint FILE]\n"
+    "       ghnq train-ghn --out DIR [options]      (ghnq train-ghn --help)\n"
+    "       ghnq eval-ghn (--checkpoint FILE | --untrained) [options]\n"
+    "       ghnq predict --checkpoint FILE --arch FILE --out PARAMS.safetensors\n"
+    "       ghnq --version\n";
 
 struct input_spec {
   int c = 3, h = 32, w = 32;
@@ -36,26 +42,9 @@ input_spec parse_input(const std::string& s) {
   return in;
 }
 
-int arch_inspect(int argc, char** argv) {
-  if (argc < 1) throw ghnq::value_error(std::string("missing FILE\n") + kUsage);
-  const std::string file = argv[0];
-  long index = 0;
-  input_spec in;
-  int classes = 10, s_max = 50;
-  std::string dot;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) throw ghnq::value_error("missing value after " + a);
-      return argv[++i];
-    };
-    if (a == "--index") index = std::stol(next());
-    else if (a == "--input") in = parse_input(next());
-    else if (a == "--classes") classes = std::stoi(next());
-    else if (a == "--s-max") s_max = std::stoi(next());
-    else if (a == "--dot") dot = next();
-    else throw ghnq::value_error("unknown option " + a + "\n" + kUsage);
-  }
+/// A ghnq architecture JSON file, or DeepNets-1M net_args (one object, or entry `index` of a
+/// {"nets": [...]} file) built for input `in` and `classes` classes.
+ghnq::arch::network load_architecture(const std::string& file, long index, const input_spec& in, int classes) {
   std::ifstream f(file);
   if (!f) throw ghnq::io_error(file, "cannot open file");
   nlohmann::json j;
@@ -92,6 +81,30 @@ int arch_inspect(int argc, char** argv) {
     }
     net = ghnq::arch::deepnets_network(args, in.c, in.h, in.w, classes);
   }
+  return net;
+}
+
+int arch_inspect(int argc, char** argv) {
+  if (argc < 1) throw ghnq::value_error(std::string("missing FILE\n") + kUsage);
+  const std::string file = argv[0];
+  long index = 0;
+  input_spec in;
+  int classes = 10, s_max = 50;
+  std::string dot;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) throw ghnq::value_error("missing value after " + a);
+      return argv[++i];
+    };
+    if (a == "--index") index = std::stol(next());
+    else if (a == "--input") in = parse_input(next());
+    else if (a == "--classes") classes = std::stoi(next());
+    else if (a == "--s-max") s_max = std::stoi(next());
+    else if (a == "--dot") dot = next();
+    else throw ghnq::value_error("unknown option " + a + "\n" + kUsage);
+  }
+  const auto net = load_architecture(file, index, in, classes);
   const auto g = ghnq::graph::build(net, s_max);
   nlohmann::json out;
   out["num_params"] = ghnq::arch::num_params(net);
@@ -113,9 +126,15 @@ int arch_inspect(int argc, char** argv) {
 
 }  // namespace
 
+#include "ghn_commands.hpp"
+
 int main(int argc, char** argv) try {
   const std::string a = argc > 1 ? argv[1] : "", b = argc > 2 ? argv[2] : "";
   if (a == "arch" && b == "inspect") return arch_inspect(argc - 3, argv + 3);
+  if (a == "ghn" && b == "info") return cli::ghn_info(argc - 3, argv + 3);
+  if (a == "train-ghn") return cli::train_ghn(argc - 2, argv + 2);
+  if (a == "eval-ghn") return cli::eval_ghn(argc - 2, argv + 2);
+  if (a == "predict") return cli::predict(argc - 2, argv + 2);
   if (a == "--version") {
     std::printf("ghnq %s\n", ghnq::version_string);
     return 0;

@@ -82,6 +82,21 @@ class tape {
     backend::impl<Backend, backend::op::axpy>::run(T(1), seed.data(), g.data(), g.numel());
     for (auto it = ops_.rbegin(); it != ops_.rend(); ++it) (*it)();
   }
+  /// Run every recorded closure with the gradients already accumulated into the recorded
+  /// outputs' grad() — for outputs consumed elsewhere, e.g. predicted parameters whose gradients
+  /// came from the target networks' own tapes — then clear the tape (also when a closure throws).
+  /// \code
+  /// auto w = ghn.predict(tp, net);                 // recorded on tp
+  /// net_tape.backward(loss_of(w));                 // fills w[i].grad()
+  /// tp.backward_accumulated();                     // into the GHN's parameters
+  /// \endcode
+  void backward_accumulated() {
+    struct clear_on_exit {
+      tape& t;
+      ~clear_on_exit() { t.clear(); }
+    } guard{*this};
+    for (auto it = ops_.rbegin(); it != ops_.rend(); ++it) (*it)();
+  }
   /// Forget all recorded closures (and the intermediate values they keep alive).
   void clear() { ops_.clear(); }
 

@@ -160,6 +160,17 @@ class loader {
     return true;
   }
 
+  /// Position the loader before batch `batch_index` of `epoch` (reshuffling for that epoch), so
+  /// the next call of next() returns exactly that batch: resuming mid-epoch reproduces an
+  /// uninterrupted run. Throws value_error for a negative epoch or an index past the epoch.
+  void seek(std::int64_t epoch, std::int64_t batch_index) {
+    GHNQ_CHECK(epoch >= 0, value_error, "loader::seek: epoch ", epoch, " < 0");
+    GHNQ_CHECK(batch_index >= 0 && batch_index <= batches_per_epoch(), value_error, "loader::seek: batch ",
+               batch_index, " outside [0, ", batches_per_epoch(), "]");
+    if (epoch != epoch_ || pos_ > batch_index * opt_.batch_size) start_epoch(epoch);
+    pos_ = std::min(ds_->size(), batch_index * opt_.batch_size);
+  }
+
   /// The current epoch (as passed to start_epoch).
   std::int64_t epoch() const noexcept { return epoch_; }
   /// Sample indices of the current epoch, in visiting order.

@@ -1,0 +1,358 @@
+// ghnq command-line driver: the GHN commands (train-ghn, eval-ghn, predict, ghn info).
+// Included by main.cpp after load_architecture / input_spec.
+#pragma once
+#include <ghnq/ghn.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <mutex>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace cli {
+
+using config = ghnq::ghn2_config<>;  // "ghn2-cifar10": H = 32, max_shape 64x64x11x11, 10 classes
+using ghn_t = ghnq::hypernet<config>;
+
+/// Minimal option parser: --key value pairs and --flag switches, with unknown options rejected.
+class args {
+ public:
+  args(int argc, char** argv, std::vector<std::string> flags, std::string usage) : usage_(std::move(usage)) {
+    for (int i = 0; i < argc; ++i) {
+      const std::string a = argv[i];
+      if (a.rfind("--", 0) != 0) throw ghnq::value_error("unexpected argument '" + a + "'\n" + usage_);
+      if (a == "--help" || a == "-h") {
+        std::fputs(usage_.c_str(), stdout);
+        std::exit(0);
+      }
+      if (std::find(flags.begin(), flags.end(), a) != flags.end()) {
+        kv_[a] = "1";
+        continue;
+      }
+      if (i + 1 >= argc) throw ghnq::value_error("missing value after " + a + "\n" + usage_);
+      kv_[a] = argv[++i];
+    }
+  }
+  void allow(const std::vector<std::string>& keys) const {
+    for (const auto& [k, v] : kv_)
+      if (std::find(keys.begin(), keys.end(), k) == keys.end())
+        throw ghnq::value_error("unknown option " + k + "\n" + usage_);
+  }
+  bool has(const std::string& k) const { return kv_.count(k) != 0; }
+  std::string str(const std::string& k, const std::string& def = "") const {
+    auto it = kv_.find(k);
+    return it == kv_.end() ? def : it->second;
+  }
+  std::string required(const std::string& k) const {
+    if (!has(k)) throw ghnq::value_error("missing required option " + k + "\n" + usage_);
+    return str(k);
+  }
+  long long integer(const std::string& k, long long def) const {
+    if (!has(k)) return def;
+    try {
+      std::size_t n = 0;
+      const long long v = std::stoll(str(k), &n);
+      if (n == str(k).size()) return v;
+    } catch (const std::exception&) {
+    }
+    throw ghnq::value_error(k + ": expected an integer, got '" + str(k) + "'");
+  }
+  double real(const std::string& k, double def) const {
+    if (!has(k)) return def;
+    try {
+      std::size_t n = 0;
+      const double v = std::stod(str(k), &n);
+      if (n == str(k).size()) return v;
+    } catch (const std::exception&) {
+    }
+    throw ghnq::value_error(k + ": expected a number, got '" + str(k) + "'");
+  }
+
+ private:
+  std::map<std::string, std::string> kv_;
+  std::string usage_;
+};
+
+/// Training / test data of a named dataset.
+struct dataset_pair {
+  ghnq::data::dataset train, test;
+  ghnq::data::normalization norm;
+};
+inline dataset_pair load_data(const std::string& name, const std::string& dir, bool need_train) {
+  dataset_pair d;
+  if (name == "fashion-mnist") {
+    if (need_train) d.train = ghnq::data::load_fashion_mnist(ghnq::data::split::train, dir);
+    d.test = ghnq::data::load_fashion_mnist(ghnq::data::split::test, dir);
+    d.norm = ghnq::data::fashion_mnist_normalization();
+  } else if (name == "cifar10") {
+    if (dir.empty()) throw ghnq::value_error("--dataset cifar10 needs --data DIR (the cifar-10-batches-bin folder)");
+    if (need_train) d.train = ghnq::data::load_cifar10(ghnq::data::split::train, dir);
+    d.test = ghnq::data::load_cifar10(ghnq::data::split::test, dir);
+    d.norm = ghnq::data::cifar10_normalization();
+  } else {
+    throw ghnq::value_error("--dataset: unknown '" + name + "' (fashion-mnist, cifar10)");
+  }
+  return d;
+}
+
+/// Evaluation architecture groups from a comma list: test, val, deep, dense, wide, bn-free, families.
+inline std::vector<ghnq::ghn::eval_architecture> eval_set(const std::string& groups, int n, std::uint64_t seed,
+                                                          const ghnq::data::dataset& ds) {
+  std::vector<ghnq::ghn::eval_architecture> out;
+  std::stringstream ss(groups);
+  std::string g;
+  const int c = ds.channels(), h = ds.height(), w = ds.width(), k = config::kClasses;
+  while (std::getline(ss, g, ',')) {
+    std::vector<ghnq::ghn::eval_architecture> part;
+    using V = ghnq::arch::variant;
+    if (g == "test") part = ghnq::ghn::held_out_architectures(V::in_distribution, n, seed, c, h, w, k);
+    else if (g == "val") {
+      part = ghnq::ghn::held_out_architectures(V::in_distribution, n, seed, c, h, w, k, ghnq::arch::split::val);
+      for (auto& a : part) a.group = "val";
+    } else if (g == "deep") part = ghnq::ghn::held_out_architectures(V::deep, n, seed, c, h, w, k);
+    else if (g == "dense") part = ghnq::ghn::held_out_architectures(V::dense, n, seed, c, h, w, k);
+    else if (g == "wide") part = ghnq::ghn::held_out_architectures(V::wide, n, seed, c, h, w, k);
+    else if (g == "bn-free") part = ghnq::ghn::held_out_architectures(V::bn_free, n, seed, c, h, w, k);
+    else if (g == "families") part = ghnq::ghn::family_architectures(c, h, w, k);
+    else throw ghnq::value_error("--groups: unknown group '" + g + "' (test, val, deep, dense, wide, bn-free, families)");
+    out.insert(out.end(), part.begin(), part.end());
+  }
+  return out;
+}
+
+inline void print_table(std::FILE* out, const std::string& title, const std::vector<ghnq::ghn::arch_eval>& rows) {
+  std::fprintf(out, "%s\n  %-10s %5s %17s %8s %8s  %s\n", title.c_str(), "group", "n", "top-1 mean ± SE", "max",
+               "min", "best");
+  for (const auto& g : ghnq::ghn::groups_of(rows)) {
+    const auto s = ghnq::ghn::summarize(rows, g);
+    std::fprintf(out, "  %-10s %5zu %9.2f ± %5.2f %8.2f %8.2f  %s\n", g.c_str(), s.n, s.mean, s.se, s.max, s.min,
+                 s.best.c_str());
+  }
+}
+
+inline std::unique_ptr<ghnq::thread_limit> threads_from(const args& a) {
+  const long long t = a.integer("--threads", 0);
+  if (t < 0) throw ghnq::value_error("--threads must be >= 0");
+  return t > 0 ? std::make_unique<ghnq::thread_limit>(static_cast<int>(t)) : nullptr;
+}
+
+/// Evaluate and report: table on stdout, optional CSV and a JSON line per group in `log`.
+inline std::vector<ghnq::ghn::arch_eval> run_eval(const ghn_t& ghn, const std::vector<ghnq::ghn::eval_architecture>& archs,
+                                                  const ghnq::data::dataset& test, const ghnq::data::normalization& norm,
+                                                  long long test_limit, const std::string& title,
+                                                  const std::string& csv, const std::string& log_path) {
+  ghnq::ghn::eval_options eo;
+  eo.norm = norm;
+  eo.max_images = test_limit;
+  const auto t0 = std::chrono::steady_clock::now();
+  ghnq::io::progress bar("eval", static_cast<std::int64_t>(archs.size()), "arch");
+  std::atomic<std::int64_t> done{0};
+  std::mutex mu;
+  const auto rows = ghnq::ghn::evaluate(ghn, archs, test, eo, [&](std::size_t, const ghnq::ghn::arch_eval&) {
+    std::lock_guard<std::mutex> lk(mu);
+    bar.update(++done);
+  });
+  bar.finish();
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  print_table(stdout, title + " (" + std::to_string(test.head(test_limit).size()) + " test images, " +
+                          std::to_string(static_cast<int>(secs + 0.5)) + " s)", rows);
+  std::fflush(stdout);
+  if (!csv.empty()) ghnq::ghn::write_csv(csv, rows);
+  if (!log_path.empty()) {
+    ghnq::ghn::detail::jsonl_log log(log_path);
+    for (const auto& g : ghnq::ghn::groups_of(rows)) {
+      const auto s = ghnq::ghn::summarize(rows, g);
+      log.write({{"event", "final_eval"}, {"title", title}, {"group", g}, {"n", s.n}, {"mean", s.mean},
+                 {"se", s.se}, {"max", s.max}, {"min", s.min}, {"best", s.best}, {"seconds", secs}});
+    }
+  }
+  return rows;
+}
+
+const char* kTrainUsage =
+    "usage: ghnq train-ghn --out DIR [--steps N] [--meta-batch M] [--batch B] [--lr LR] [--wd WD]\n"
+    "                      [--optimizer adam|adamw] [--schedule multistep|cosine|warmup-cosine|constant]\n"
+    "                      [--warmup N] [--clip C] [--fixed-width] [--seed S] [--dataset fashion-mnist|cifar10]\n"
+    "                      [--data DIR] [--threads T] [--save-every N] [--eval-every N] [--eval-archs N]\n"
+    "                      [--eval-groups G1,G2] [--eval-test-limit N] [--resume] [--no-progress]\n"
+    "Trains a GHN-2 (ghn2-cifar10 configuration) on meta-batches of DeepNets-1M train-split architectures.\n"
+    "Writes DIR/ghn.safetensors (resumable checkpoint), DIR/train.jsonl (log), DIR/eval.csv (final evaluation).\n"
+    "--resume continues DIR/ghn.safetensors with the options stored in it.\n";
+
+inline int train_ghn(int argc, char** argv) {
+  const args a(argc, argv, {"--fixed-width", "--resume", "--no-progress"}, kTrainUsage);
+  a.allow({"--out", "--steps", "--meta-batch", "--batch", "--lr", "--wd", "--optimizer", "--schedule", "--warmup",
+           "--clip", "--fixed-width", "--seed", "--dataset", "--data", "--threads", "--save-every", "--eval-every",
+           "--eval-archs", "--eval-groups", "--eval-test-limit", "--resume", "--no-progress"});
+  const auto limit = threads_from(a);
+  const std::string dir = a.required("--out");
+  std::filesystem::create_directories(dir);
+  const std::string ckpt = dir + "/ghn.safetensors", log = dir + "/train.jsonl";
+  const auto data = load_data(a.str("--dataset", "fashion-mnist"), a.str("--data"), true);
+
+  ghnq::ghn::train_options o;
+  if (a.has("--resume")) {
+    o = ghnq::ghn::read_checkpoint_info(ckpt).options;
+  } else {
+    o.steps = a.integer("--steps", 2000);
+    o.meta_batch = static_cast<int>(a.integer("--meta-batch", 8));
+    o.batch_size = a.integer("--batch", 64);
+    o.lr = a.real("--lr", 1e-3);
+    o.weight_decay = a.real("--wd", 1e-5);
+    const auto opt = a.str("--optimizer", "adam");
+    if (opt != "adam" && opt != "adamw") throw ghnq::value_error("--optimizer: adam or adamw, got '" + opt + "'");
+    o.adamw = opt == "adamw";
+    o.schedule = ghnq::ghn::parse_schedule(a.str("--schedule", "multistep"));
+    o.warmup = a.integer("--warmup", 0);
+    o.grad_clip = a.real("--clip", 5.0);
+    o.sample_widths = !a.has("--fixed-width");
+    o.seed = static_cast<std::uint64_t>(a.integer("--seed", 1111));
+    o.norm = data.norm;
+  }
+  ghnq::rng g(o.seed);
+  ghn_t ghn(g);
+  ghnq::ghn::trainer<config> tr(ghn, data.train, o);
+  if (a.has("--resume")) ghnq::ghn::load_checkpoint(ckpt, ghn, &tr);
+  std::printf("ghnq %s | train-ghn: GHN-2 H=%d (%lld parameters) | %s %lld images | m=%d, batch %lld, %lld steps "
+              "(from %lld) | %d threads\n",
+              ghnq::version_string, config::kHidden, static_cast<long long>(ghn.num_params()),
+              data.train.name.c_str(), static_cast<long long>(data.train.size()), o.meta_batch,
+              static_cast<long long>(o.batch_size), static_cast<long long>(o.steps),
+              static_cast<long long>(tr.step_count()), ghnq::max_threads());
+  std::fflush(stdout);
+
+  const int n_eval = static_cast<int>(a.integer("--eval-archs", 100));
+  const auto groups = a.str("--eval-groups", "test");
+  const long long test_limit = a.integer("--eval-test-limit", 0);
+  // Accuracy versus steps: a small fixed set of unseen architectures on part of the test set.
+  const auto curve_archs = eval_set("test", std::min(n_eval, 20), 0, data.test);
+  const auto curve_data = data.test.head(std::min<long long>(test_limit > 0 ? test_limit : 2000, 2000));
+  ghnq::ghn::fit_options fo;
+  fo.log_path = log;
+  fo.checkpoint_path = ckpt;
+  fo.save_every = a.integer("--save-every", 200);
+  fo.eval_every = a.integer("--eval-every", 0);
+  fo.progress = !a.has("--no-progress");
+  if (fo.eval_every > 0) {
+    fo.eval_archs = &curve_archs;
+    fo.eval_data = &curve_data;
+    fo.eval.norm = data.norm;
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto steps = ghnq::ghn::fit(tr, fo);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  double step_s = 0;
+  for (const auto& r : steps) step_s += r.seconds;
+  std::printf("trained %zu steps in %.1f s (%.2f s/step, %lld skipped) -> %s\n", steps.size(), secs,
+              steps.empty() ? 0.0 : step_s / static_cast<double>(steps.size()), static_cast<long long>(tr.skipped()),
+              ckpt.c_str());
+  std::fflush(stdout);
+  if (n_eval > 0) {
+    const auto archs = eval_set(groups, n_eval, 0, data.test);
+    run_eval(ghn, archs, data.test, data.norm, test_limit, "trained GHN, unseen architectures", dir + "/eval.csv",
+             log);
+  }
+  return 0;
+}
+
+const char* kEvalUsage =
+    "usage: ghnq eval-ghn (--checkpoint FILE | --untrained) [--archs N] [--groups test,deep,wide,bn-free,dense,families]\n"
+    "                     [--dataset fashion-mnist|cifar10] [--data DIR] [--test-limit N] [--seed S] [--csv FILE]\n"
+    "                     [--log FILE.jsonl] [--threads T]\n"
+    "Predicts the parameters of unseen architectures (test split and out-of-distribution groups) and reports\n"
+    "top-1 (BatchNorm with test-batch statistics, batch 64): mean ± standard error, max, min per group.\n";
+
+inline int eval_ghn(int argc, char** argv) {
+  const args a(argc, argv, {"--untrained"}, kEvalUsage);
+  a.allow({"--checkpoint", "--untrained", "--archs", "--groups", "--dataset", "--data", "--test-limit", "--seed",
+           "--csv", "--log", "--threads"});
+  const auto limit = threads_from(a);
+  if (a.has("--checkpoint") == a.has("--untrained"))
+    throw ghnq::value_error(std::string("give exactly one of --checkpoint FILE and --untrained\n") + kEvalUsage);
+  const auto data = load_data(a.str("--dataset", "fashion-mnist"), a.str("--data"), false);
+  ghnq::rng g(static_cast<std::uint64_t>(a.integer("--seed", 1111)));
+  ghn_t ghn(g);
+  std::string title = "untrained GHN (seed " + a.str("--seed", "1111") + ")";
+  if (a.has("--checkpoint")) {
+    const auto info = ghnq::ghn::load_checkpoint(a.str("--checkpoint"), ghn);
+    title = "GHN " + a.str("--checkpoint") + (info.resumable ? " (step " + std::to_string(info.step) + ")" : "");
+  }
+  const auto archs = eval_set(a.str("--groups", "test"), static_cast<int>(a.integer("--archs", 100)), 0, data.test);
+  run_eval(ghn, archs, data.test, data.norm, a.integer("--test-limit", 0), title, a.str("--csv"), a.str("--log"));
+  return 0;
+}
+
+const char* kPredictUsage =
+    "usage: ghnq predict --checkpoint FILE --arch FILE [--index i] [--input CxHxW] [--classes K]\n"
+    "                    --out PARAMS.safetensors\n"
+    "Predicts every parameter of the architecture (ghnq JSON or DeepNets-1M net_args) and writes them,\n"
+    "named as the architecture names them, with the architecture JSON in the metadata.\n";
+
+inline int predict(int argc, char** argv) {
+  const args a(argc, argv, {}, kPredictUsage);
+  a.allow({"--checkpoint", "--arch", "--index", "--input", "--classes", "--out"});
+  input_spec in;
+  if (a.has("--input")) in = parse_input(a.str("--input"));
+  const auto net = load_architecture(a.required("--arch"), static_cast<long>(a.integer("--index", 0)), in,
+                                     static_cast<int>(a.integer("--classes", 10)));
+  ghnq::rng g(0);
+  ghn_t ghn(g);
+  const auto ckpt = a.required("--checkpoint");
+  ghnq::ghn::load_checkpoint(ckpt, ghn);
+  const auto out = a.required("--out");
+  const auto t0 = std::chrono::steady_clock::now();
+  ghnq::autograd::tape<float> tp;
+  ghnq::autograd::no_grad<ghnq::autograd::tape<float>> ng(tp);
+  const auto params = ghn.predict(tp, net);
+  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  const auto infos = ghnq::arch::parameters(net);
+  ghnq::io::safetensors_writer w;
+  for (std::size_t i = 0; i < infos.size(); ++i) w.add(infos[i].name, params[i].value());
+  w.set_metadata("format", "ghnq-params/1");
+  w.set_metadata("architecture", ghnq::arch::to_json_text(net));
+  w.set_metadata("ghn_checkpoint", ckpt);
+  w.save(out);
+  std::printf("{\"out\": \"%s\", \"tensors\": %zu, \"num_params\": %lld, \"predict_ms\": %.2f}\n", out.c_str(),
+              infos.size(), static_cast<long long>(ghnq::arch::num_params(net)), ms);
+  return 0;
+}
+
+const char* kInfoUsage = "usage: ghnq ghn info [--config ghn2-cifar10 | --checkpoint FILE]\n";
+
+inline int ghn_info(int argc, char** argv) {
+  const args a(argc, argv, {}, kInfoUsage);
+  a.allow({"--config", "--checkpoint"});
+  nlohmann::json out;
+  ghnq::rng g(0);
+  ghn_t ghn(g);
+  if (a.has("--checkpoint")) {
+    const auto path = a.str("--checkpoint");
+    const auto info = ghnq::ghn::load_checkpoint(path, ghn);
+    out["checkpoint"] = path;
+    out["config"] = info.config;
+    out["resumable"] = info.resumable;
+    if (info.resumable) {
+      out["step"] = info.step;
+      out["skipped"] = info.skipped;
+      out["training"] = ghnq::ghn::to_json(info.options);
+    }
+  } else {
+    const auto name = a.str("--config", "ghn2-cifar10");
+    if (name != "ghn2-cifar10") throw ghnq::value_error("--config: unknown '" + name + "' (ghn2-cifar10)");
+    out["name"] = name;
+    out["config"] = ghnq::ghn::config_json<config>();
+  }
+  out["num_params"] = ghn.num_params();
+  std::cout << out.dump(2) << "\n";
+  return 0;
+}
+
+}  // namespace cli

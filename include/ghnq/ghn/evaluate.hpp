@@ -1,0 +1,238 @@
+/// \file
+/// \brief Evaluating a GHN on unseen architectures (spec §7.6): predict every parameter of each
+/// architecture, run it on the whole test set with batch-statistics BatchNorm (test batch 64),
+/// and report top-1 per architecture and mean ± standard error, max and min per group.
+///
+/// Architecture sets: `held_out_architectures` draws n architectures of a sampler variant from a
+/// split (default: the test split, disjoint from training by construction); `family_architectures`
+/// gives the hand-written families (ResNet-20/18, VGG-11, MobileNet-v2) for the dataset's input.
+/// \code
+/// auto archs = ghnq::ghn::held_out_architectures(ghnq::arch::variant::in_distribution, 100, 0, 1, 28, 28, 10);
+/// auto rows = ghnq::ghn::evaluate(ghn, archs, test_set, eopt);
+/// auto s = ghnq::ghn::summarize(rows, "test");      // s.mean, s.se, s.max
+/// \endcode
+#pragma once
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <tbb/parallel_for.h>
+
+#include "ghnq/arch/families.hpp"
+#include "ghnq/arch/sampler.hpp"
+#include "ghnq/data/dataset.hpp"
+#include "ghnq/data/loader.hpp"
+#include "ghnq/exec/executor.hpp"
+#include "ghnq/ghn/hypernet.hpp"
+#include "ghnq/ghn/trainer.hpp"
+#include "ghnq/nn/loss.hpp"
+
+namespace ghnq::ghn {
+
+/// One architecture to evaluate; `group` names the set it belongs to ("test", "deep", ...).
+struct eval_architecture {
+  std::string name;
+  std::string group;
+  arch::network net;
+  std::optional<arch::net_args> args;  ///< the DeepNets-1M description, when sampled
+};
+
+/// Name of a sampler variant's evaluation group: "test" (in-distribution), "deep", "dense",
+/// "wide", "bn-free".
+inline std::string group_name(arch::variant v) {
+  return v == arch::variant::in_distribution ? std::string("test") : std::string(arch::to_string(v));
+}
+
+/// n architectures of variant `v` from split `s` (deterministic in seed), built for the given
+/// input and class count; named "<group>-<i>".
+inline std::vector<eval_architecture> held_out_architectures(arch::variant v, int n, std::uint64_t seed, int channels,
+                                                             int height, int width, int classes,
+                                                             arch::split s = arch::split::test) {
+  GHNQ_CHECK(n >= 0, value_error, "held_out_architectures: n = ", n, " < 0");
+  arch::sampler_options so;
+  so.v = v;
+  so.in_channels = channels;
+  so.in_h = height;
+  so.in_w = width;
+  so.num_classes = classes;
+  arch::sampler smp(so, seed);
+  std::vector<eval_architecture> out;
+  out.reserve(static_cast<std::size_t>(n));
+  const std::string g = group_name(v);
+  for (int i = 0; i < n; ++i) {
+    const auto a = smp.next(s);
+    auto net = smp.build(a);
+    net.name = g + "-" + std::to_string(i);
+    out.push_back({net.name, g, std::move(net), a});
+  }
+  return out;
+}
+
+/// The hand-written families (resnet20, resnet18, vgg11, mobilenet_v2), group "families".
+inline std::vector<eval_architecture> family_architectures(int channels, int height, int width, int classes) {
+  std::vector<eval_architecture> out;
+  for (const char* f : {"resnet20", "resnet18", "vgg11", "mobilenet_v2"}) {
+    auto net = arch::family(f, channels, height, width, classes);
+    net.name = f;
+    out.push_back({f, "families", std::move(net), std::nullopt});
+  }
+  return out;
+}
+
+/// Options of an evaluation.
+struct eval_options {
+  std::int64_t batch_size = 64;   ///< test batch (the reference's 64: BN uses its statistics)
+  std::int64_t max_images = 0;    ///< evaluate on the first n test images (0: all)
+  data::normalization norm;       ///< as in training
+  bool parallel = true;           ///< evaluate architectures as parallel tasks
+};
+
+/// Result for one architecture.
+struct arch_eval {
+  std::string name, group;
+  std::int64_t num_params = 0;
+  double top1 = 0.0;        ///< percent
+  double loss = 0.0;        ///< mean cross-entropy over the test images
+  double predict_ms = 0.0;  ///< GHN prediction time (graph construction included)
+};
+
+/// Aggregate over the architectures of one group.
+struct eval_summary {
+  std::string group;
+  std::size_t n = 0;
+  double mean = 0.0, se = 0.0, max = 0.0, min = 0.0;  ///< top-1 percent; se = sd / sqrt(n)
+  std::string best;                                   ///< name of the best architecture
+};
+
+/// Summary of the rows of `group` (all rows when group is empty).
+inline eval_summary summarize(const std::vector<arch_eval>& rows, const std::string& group = "") {
+  eval_summary s;
+  s.group = group.empty() ? std::string("all") : group;
+  double sum = 0.0, sq = 0.0;
+  for (const auto& r : rows) {
+    if (!group.empty() && r.group != group) continue;
+    if (s.n == 0 || r.top1 > s.max) {
+      s.max = r.top1;
+      s.best = r.name;
+    }
+    if (s.n == 0 || r.top1 < s.min) s.min = r.top1;
+    sum += r.top1;
+    ++s.n;
+  }
+  if (s.n == 0) return s;
+  s.mean = sum / static_cast<double>(s.n);
+  for (const auto& r : rows)
+    if (group.empty() || r.group == group) sq += (r.top1 - s.mean) * (r.top1 - s.mean);
+  s.se = s.n > 1 ? std::sqrt(sq / static_cast<double>(s.n - 1)) / std::sqrt(static_cast<double>(s.n)) : 0.0;
+  return s;
+}
+
+/// The groups of `rows`, in first-appearance order.
+inline std::vector<std::string> groups_of(const std::vector<arch_eval>& rows) {
+  std::vector<std::string> g;
+  for (const auto& r : rows)
+    if (std::find(g.begin(), g.end(), r.group) == g.end()) g.push_back(r.group);
+  return g;
+}
+
+/// Write the per-architecture rows as CSV (name,group,num_params,top1,loss,predict_ms),
+/// atomically (temporary file + rename). io_error naming the file on failure.
+inline void write_csv(const std::string& path, const std::vector<arch_eval>& rows) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::trunc);
+    if (!f.good()) throw io_error(tmp, "cannot open for writing");
+    f << "name,group,num_params,top1,loss,predict_ms\n";
+    char line[512];
+    for (const auto& r : rows) {
+      std::snprintf(line, sizeof line, "%s,%s,%lld,%.4f,%.6f,%.3f\n", r.name.c_str(), r.group.c_str(),
+                    static_cast<long long>(r.num_params), r.top1, r.loss, r.predict_ms);
+      f << line;
+    }
+    f.flush();
+    if (!f.good()) throw io_error(tmp, "write failed");
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) {
+    std::filesystem::remove(tmp, ec);
+    throw io_error(path, "cannot replace the file (rename failed)");
+  }
+}
+
+/// Predict the parameters of every architecture with `ghn` and measure top-1 on `test` with
+/// BatchNorm in batch-statistics mode. `on_done(i, row)` (optional) is called after each
+/// architecture, from the thread that evaluated it.
+template <class Config>
+std::vector<arch_eval> evaluate(const hypernet<Config>& ghn, const std::vector<eval_architecture>& archs,
+                                const data::dataset& test, const eval_options& opt,
+                                const std::function<void(std::size_t, const arch_eval&)>& on_done = {}) {
+  using B = typename Config::backend;
+  using T = typename Config::scalar;
+  using var_t = autograd::var<T, B>;
+  GHNQ_CHECK(opt.batch_size >= 1, value_error, "eval_options.batch_size = ", opt.batch_size, " < 1");
+  GHNQ_CHECK(test.size() > 0, value_error, "evaluate: test set '", test.name, "' is empty");
+  const data::dataset ds = test.head(opt.max_images);
+  data::loader_options lo;
+  lo.batch_size = opt.batch_size;
+  lo.shuffle = false;
+  lo.norm = opt.norm;
+  data::loader ld(ds, lo);
+  std::vector<var_t> xs;
+  std::vector<std::vector<std::int32_t>> ys;
+  data::batch b;
+  while (ld.next(b)) {
+    xs.push_back(detail::images_as<T, B>(b.images.clone()));
+    ys.push_back(b.labels);
+  }
+  // Prediction: one architecture at a time (the GHN's own ops use every thread).
+  std::vector<std::vector<var_t>> params(archs.size());
+  std::vector<arch_eval> rows(archs.size());
+  for (std::size_t i = 0; i < archs.size(); ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    autograd::tape<T, B> tp;
+    autograd::no_grad<autograd::tape<T, B>> ng(tp);
+    params[i] = ghn.predict(tp, archs[i].net);
+    rows[i].predict_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    rows[i].name = archs[i].name;
+    rows[i].group = archs[i].group;
+    rows[i].num_params = arch::num_params(archs[i].net);
+  }
+  auto run = [&](std::size_t i) {
+    exec::executor<B, T> ex(archs[i].net);
+    autograd::tape<T, B> tp;
+    autograd::no_grad<autograd::tape<T, B>> ng(tp);
+    exec::run_options ro;
+    ro.bn = exec::bn_mode::batch_stats;
+    std::int64_t correct = 0, n = 0;
+    double loss = 0.0;
+    for (std::size_t k = 0; k < xs.size(); ++k) {
+      const auto logits = ex.forward(tp, xs[k], params[i], ro);
+      const auto l = nn::cross_entropy(tp, logits, ys[k]);
+      const auto nb = static_cast<std::int64_t>(ys[k].size());
+      loss += static_cast<double>(l.value().to_vector()[0]) * static_cast<double>(nb);
+      correct += nn::count_correct(logits.value(), ys[k]);
+      n += nb;
+    }
+    rows[i].top1 = 100.0 * static_cast<double>(correct) / static_cast<double>(n);
+    rows[i].loss = loss / static_cast<double>(n);
+    params[i].clear();
+    if (on_done) on_done(i, rows[i]);
+  };
+  if (opt.parallel && archs.size() > 1) {
+    tbb::parallel_for(std::size_t(0), archs.size(), [&](std::size_t i) { run(i); });
+  } else {
+    for (std::size_t i = 0; i < archs.size(); ++i) run(i);
+  }
+  return rows;
+}
+
+}  // namespace ghnq::ghn

@@ -1,0 +1,344 @@
+// GHN training and evaluation: the multi-tape gradient path, determinism, resume, learning on an
+// easy synthetic task, evaluation numbers against direct computation, summaries and CSV output.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "ghnq/ghn/evaluate.hpp"
+#include "ghnq/ghn/trainer.hpp"
+
+using namespace ghnq;
+
+namespace {
+
+using cfg_d = ghn2_config<backend::cpu_t, double, 8, 10>;
+using cfg_f = ghn2_config<backend::cpu_t, float, 8, 10>;
+
+/// n random 1 x s x s images; with `easy`, the label is 1 when the left half is brighter.
+data::dataset synthetic(std::int64_t n, std::int64_t s, bool easy, std::uint64_t seed) {
+  data::dataset d;
+  d.name = "synthetic";
+  d.num_classes = easy ? 2 : 10;
+  d.images = tensor<std::uint8_t>({n, 1, s, s});
+  rng g(seed);
+  for (std::int64_t i = 0; i < n; ++i) {
+    const int label = static_cast<int>(g.below(static_cast<std::uint64_t>(d.num_classes)));
+    for (std::int64_t y = 0; y < s; ++y)
+      for (std::int64_t x = 0; x < s; ++x) {
+        int v = static_cast<int>(g.below(128));
+        if (easy && ((x < s / 2) == (label == 1))) v += 120;
+        d.images.data()[(i * s + y) * s + x] = static_cast<std::uint8_t>(v);
+      }
+    d.labels.push_back(label);
+  }
+  return d;
+}
+
+ghn::train_options small_options() {
+  ghn::train_options o;
+  o.steps = 10;
+  o.meta_batch = 2;
+  o.batch_size = 8;
+  o.sample_widths = false;
+  o.space.max_params = 60000;
+  o.seed = 7;
+  o.schedule = ghn::schedule_kind::constant;
+  return o;
+}
+
+template <class C>
+std::vector<std::vector<double>> values(const hypernet<C>& h) {
+  std::vector<std::vector<double>> out;
+  for (const auto& p : h.parameters()) {
+    const auto v = p.value().to_vector();
+    out.emplace_back(v.begin(), v.end());
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("ghn training: per-network tapes + backward_accumulated equal one tape over the mean loss", "[ghn][train]") {
+  rng g(3);
+  hypernet<cfg_d> ghn(g);
+  auto opt = small_options();
+  opt.meta_batch = 3;
+  const auto nets = ghn::training_architectures(opt, 0, 1, 12, 12, 10);
+  REQUIRE(nets.size() == 3);
+  tensor<double> xt({4, 1, 12, 12});
+  for (std::int64_t i = 0; i < xt.numel(); ++i) xt.data()[i] = g.uniform(-1, 1);
+  const autograd::var<double> x(xt);
+  const std::vector<std::int32_t> labels = {1, 4, 7, 2};
+
+  std::vector<std::unique_ptr<exec::executor<backend::cpu_t, double>>> ex;
+  std::vector<exec::executor<backend::cpu_t, double>*> exp;
+  std::vector<const arch::network*> np;
+  graph::graph_batch gb;
+  for (const auto& n : nets) {
+    ex.push_back(std::make_unique<exec::executor<backend::cpu_t, double>>(n));
+    exp.push_back(ex.back().get());
+    np.push_back(&ex.back()->network());
+    gb.add(hypernet<cfg_d>::graph_of(n));
+  }
+  const auto params = ghn.parameters();
+  auto grads = [&]() {
+    std::vector<std::vector<double>> out;
+    for (const auto& p : params) {
+      if (!p.has_grad()) {
+        out.emplace_back();
+        continue;
+      }
+      const auto v = p.grad().to_vector();
+      out.emplace_back(v.begin(), v.end());
+      p.zero_grad();
+    }
+    return out;
+  };
+  // (a) the trainer's path: parallel per-network tapes, then the GHN tape.
+  {
+    autograd::tape<double> tp;
+    auto preds = ghn.predict(tp, np, gb);
+    exec::run_options ro;
+    exec::forward_backward(exp, preds, x, labels, ro, 0.0, true);
+    for (auto& ps : preds)
+      for (auto& p : ps)
+        if (p.requires_grad() && p.has_grad())
+          for (std::int64_t i = 0; i < p.grad().numel(); ++i) p.grad().data()[i] /= 3.0;
+    tp.backward_accumulated();
+    REQUIRE(tp.size() == 0);
+  }
+  const auto ga = grads();
+  // (b) one tape, mean of the three losses.
+  {
+    autograd::tape<double> tp;
+    auto preds = ghn.predict(tp, np, gb);
+    autograd::var<double> total;
+    for (std::size_t k = 0; k < nets.size(); ++k) {
+      auto l = nn::cross_entropy(tp, ex[k]->forward(tp, x, preds[k]), labels);
+      total = total.defined() ? nn::add(tp, total, l) : l;
+    }
+    tp.backward(total, tensor<double>::full(total.shape(), 1.0 / 3.0));
+  }
+  const auto gb2 = grads();
+  REQUIRE(ga.size() == gb2.size());
+  std::size_t nonzero = 0;
+  for (std::size_t i = 0; i < ga.size(); ++i) {
+    REQUIRE(ga[i].size() == gb2[i].size());
+    for (std::size_t j = 0; j < ga[i].size(); ++j) {
+      INFO("parameter " << params[i].name() << " element " << j);
+      REQUIRE(ga[i][j] == Approx(gb2[i][j]).margin(1e-12).epsilon(1e-9));
+      nonzero += ga[i][j] != 0.0;
+    }
+  }
+  CHECK(nonzero > 1000);
+}
+
+TEST_CASE("ghn training: deterministic, parallel == sequential, and the architectures come from the train split",
+          "[ghn][train]") {
+  const auto ds = synthetic(64, 12, false, 1);
+  auto run = [&](bool parallel) {
+    rng g(5);
+    hypernet<cfg_f> ghn(g);
+    auto o = small_options();
+    o.parallel = parallel;
+    ghn::trainer<cfg_f> tr(ghn, ds, o);
+    std::vector<double> losses;
+    for (int i = 0; i < 3; ++i) {
+      const auto r = tr.step();
+      CHECK(r.step == i);
+      CHECK(!r.skipped);
+      CHECK(std::isfinite(r.loss));
+      CHECK(r.grad_norm > 0);
+      losses.push_back(r.loss);
+    }
+    CHECK(tr.step_count() == 3);
+    return std::make_pair(losses, values(ghn));
+  };
+  const auto a = run(true), b = run(true), c = run(false);
+  CHECK(a.first == b.first);
+  CHECK(a.second == b.second);
+  CHECK(a.first == c.first);
+  CHECK(a.second == c.second);
+
+  const auto o = small_options();
+  const auto n0 = ghn::training_architectures(o, 0, 1, 12, 12, 10), n0b = ghn::training_architectures(o, 0, 1, 12, 12, 10);
+  const auto n1 = ghn::training_architectures(o, 1, 1, 12, 12, 10);
+  REQUIRE(n0.size() == 2);
+  CHECK(arch::canonical_hash(n0[0]) == arch::canonical_hash(n0b[0]));
+  CHECK(arch::canonical_hash(n0[0]) != arch::canonical_hash(n1[0]));
+}
+
+TEST_CASE("ghn training: the step's loss is the mean CE of the predicted networks on the step's batch",
+          "[ghn][train]") {
+  const auto ds = synthetic(40, 12, false, 2);
+  rng g(9);
+  hypernet<cfg_d> ghn(g);
+  auto o = small_options();
+  o.batch_size = 16;
+  // Expected loss of step 3 computed from the parts (batch 3 of an epoch of 2 batches = epoch 1, batch 1).
+  ghn::trainer<cfg_d> tr(ghn, ds, o);
+  tr.restore(3, 0, tr.optimizer_state());
+  data::loader_options lo;
+  lo.batch_size = 16;
+  lo.drop_last = true;
+  lo.seed = o.seed;
+  data::loader ld(ds, lo);
+  ld.start_epoch(1);
+  data::batch b;
+  REQUIRE(ld.next(b));
+  REQUIRE(ld.next(b));
+  const auto nets = ghn::training_architectures(o, 3, 1, 12, 12, 10);
+  double expect = 0;
+  {
+    autograd::tape<double> tp;
+    autograd::no_grad<autograd::tape<double>> ng(tp);
+    const auto x = ghn::detail::images_as<double, backend::cpu_t>(b.images);
+    for (const auto& n : nets) {
+      exec::executor<backend::cpu_t, double> ex(n);
+      exec::run_options ro;
+      ro.dropout = true;
+      ro.dropout_seed = ghn::step_seed(o.seed, 2, 3);
+      expect += nn::cross_entropy(tp, ex.forward(tp, x, ghn.predict(tp, n), ro), b.labels).value().flat(0) / 2.0;
+    }
+  }
+  const auto r = tr.step();
+  CHECK(r.step == 3);
+  CHECK(r.loss == Approx(expect).epsilon(1e-12));
+}
+
+TEST_CASE("ghn training: resuming from the GHN and optimizer state gives the uninterrupted run's next step",
+          "[ghn][train]") {
+  const auto ds = synthetic(48, 12, false, 3);
+  auto o = small_options();
+  o.schedule = ghn::schedule_kind::cosine;
+  o.steps = 5;
+  rng g1(11);
+  hypernet<cfg_f> full(g1);
+  ghn::trainer<cfg_f> t1(full, ds, o);
+  for (int i = 0; i < 3; ++i) t1.step();
+
+  rng g2(11);
+  hypernet<cfg_f> part(g2);
+  ghn::trainer<cfg_f> t2(part, ds, o);
+  for (int i = 0; i < 2; ++i) t2.step();
+  // A fresh GHN (different init) receives the saved values and optimizer state.
+  rng g3(999);
+  hypernet<cfg_f> resumed(g3);
+  const auto src = part.parameters(), dst = resumed.parameters();
+  for (std::size_t i = 0; i < src.size(); ++i) dst[i].value() = src[i].value().clone();
+  ghn::trainer<cfg_f> t3(resumed, ds, o);
+  t3.restore(t2.step_count(), t2.skipped(), t2.optimizer_state());
+  const auto r = t3.step();
+  CHECK(r.step == 2);
+  CHECK(values(resumed) == values(full));
+}
+
+TEST_CASE("ghn training: the GHN learns an easy synthetic task", "[ghn][train]") {
+  const auto ds = synthetic(512, 12, true, 4);
+  rng g(21);
+  hypernet<cfg_f> ghn(g);
+  auto o = small_options();
+  o.steps = 40;
+  o.batch_size = 32;
+  o.lr = 3e-3;
+  ghn::trainer<cfg_f> tr(ghn, ds, o);
+  double first = 0, last = 0;
+  for (int i = 0; i < 40; ++i) {
+    const auto r = tr.step();
+    if (i < 5) first += r.loss / 5;
+    if (i >= 35) last += r.loss / 5;
+  }
+  INFO("mean loss of the first 5 steps " << first << ", of the last 5 " << last);
+  CHECK(first > 1.5);           // 10 output classes at the start: about ln 10
+  CHECK(last < 0.6 * first);
+}
+
+TEST_CASE("ghn training: invalid options are clear errors", "[ghn][train]") {
+  const auto ds = synthetic(16, 12, false, 5);
+  rng g(1);
+  hypernet<cfg_f> ghn(g);
+  auto o = small_options();
+  o.batch_size = 17;
+  CHECK_THROWS_AS(ghn::trainer<cfg_f>(ghn, ds, o), value_error);
+  o = small_options();
+  o.meta_batch = 0;
+  CHECK_THROWS_AS(ghn::trainer<cfg_f>(ghn, ds, o), value_error);
+  o = small_options();
+  o.lr = -1;
+  CHECK_THROWS_AS(ghn::trainer<cfg_f>(ghn, ds, o), value_error);
+  CHECK_THROWS_AS(ghn::parse_schedule("linear"), value_error);
+  CHECK(ghn::parse_schedule("cosine") == ghn::schedule_kind::cosine);
+}
+
+TEST_CASE("ghn evaluation: top-1 per architecture equals a direct run of the predicted network", "[ghn][eval]") {
+  const auto ds = synthetic(70, 12, false, 6);
+  rng g(2);
+  hypernet<cfg_f> ghn(g);
+  auto archs = ghn::held_out_architectures(arch::variant::in_distribution, 2, 3, 1, 12, 12, 10);
+  REQUIRE(archs.size() == 2);
+  for (const auto& a : archs) {
+    REQUIRE(a.args.has_value());
+    CHECK(arch::split_of(arch::split_key(*a.args)) == arch::split::test);
+  }
+  ghn::eval_options eo;
+  eo.batch_size = 32;  // batches of 32, 32, 6
+  const auto rows = ghn::evaluate(ghn, archs, ds, eo);
+  REQUIRE(rows.size() == 2);
+  for (std::size_t i = 0; i < 2; ++i) {
+    autograd::tape<float> tp;
+    autograd::no_grad<autograd::tape<float>> ng(tp);
+    const auto ps = ghn.predict(tp, archs[i].net);
+    exec::executor<> ex(archs[i].net);
+    data::loader_options lo;
+    lo.batch_size = 32;
+    lo.shuffle = false;
+    data::loader ld(ds, lo);
+    data::batch b;
+    std::int64_t correct = 0;
+    while (ld.next(b)) correct += nn::count_correct(ex.forward(tp, autograd::var<float>(b.images), ps).value(), b.labels);
+    CHECK(rows[i].top1 == Approx(100.0 * static_cast<double>(correct) / 70.0));
+    CHECK(rows[i].group == "test");
+    CHECK(rows[i].num_params == arch::num_params(archs[i].net));
+    CHECK(std::isfinite(rows[i].loss));
+  }
+  eo.parallel = false;
+  const auto seq = ghn::evaluate(ghn, archs, ds, eo);
+  CHECK(seq[0].top1 == rows[0].top1);
+  CHECK(seq[1].loss == rows[1].loss);
+}
+
+TEST_CASE("ghn evaluation: summaries and CSV", "[ghn][eval]") {
+  std::vector<ghn::arch_eval> rows(4);
+  const double acc[4] = {10, 20, 30, 50};
+  for (int i = 0; i < 4; ++i) {
+    rows[static_cast<std::size_t>(i)].name = "a" + std::to_string(i);
+    rows[static_cast<std::size_t>(i)].group = i < 3 ? "test" : "deep";
+    rows[static_cast<std::size_t>(i)].top1 = acc[i];
+  }
+  const auto s = ghn::summarize(rows, "test");
+  CHECK(s.n == 3);
+  CHECK(s.mean == Approx(20));
+  CHECK(s.se == Approx(10.0 / std::sqrt(3.0)));  // sd 10
+  CHECK(s.max == 30);
+  CHECK(s.min == 10);
+  CHECK(s.best == "a2");
+  const auto all = ghn::summarize(rows);
+  CHECK(all.n == 4);
+  CHECK(all.mean == Approx(27.5));
+  CHECK(ghn::groups_of(rows) == std::vector<std::string>{"test", "deep"});
+
+  const auto dir = std::filesystem::temp_directory_path() / "ghnq_test_eval_csv";
+  std::filesystem::create_directories(dir);
+  const auto path = (dir / "rows.csv").string();
+  ghn::write_csv(path, rows);
+  std::ifstream f(path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  CHECK(ss.str().rfind("name,group,num_params,top1,loss,predict_ms\na0,test,0,10.0000,", 0) == 0);
+  CHECK(!std::filesystem::exists(path + ".tmp"));
+  CHECK_THROWS_AS(ghn::write_csv((dir / "missing" / "rows.csv").string(), rows), io_error);
+  std::filesystem::remove_all(dir);
+}
