@@ -1,0 +1,72 @@
+# End-to-end check of the GHN commands on a tiny budget (Fashion-MNIST):
+#   ghn info -> train-ghn (2 steps, checkpoint, log) -> train-ghn --resume to 3 steps -> eval-ghn
+#   -> predict -> ghn info --checkpoint, and clear errors for a corrupted checkpoint.
+set(dir ${WORK}/ghn_workflow)
+file(REMOVE_RECURSE ${dir})
+file(MAKE_DIRECTORY ${dir})
+if(NOT EXISTS /usr/share/datasets/fashion-mnist AND NOT DEFINED ENV{GHNQ_FASHION_MNIST})
+  message("GHNQ_SKIP: Fashion-MNIST not installed")
+  return()
+endif()
+function(run)
+  execute_process(COMMAND ${GHNQ} ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "ghnq ${ARGN} failed (${rc}):\n${out}\n${err}")
+  endif()
+  set(out "${out}" PARENT_SCOPE)
+endfunction()
+
+run(ghn info)
+string(JSON n GET "${out}" num_params)
+if(NOT n EQUAL 1620764)
+  message(FATAL_ERROR "ghn info: num_params ${n}, expected 1620764")
+endif()
+
+set(common --meta-batch 2 --batch 16 --fixed-width --eval-archs 2 --eval-test-limit 64 --no-progress --save-every 1)
+run(train-ghn --out ${dir} --steps 3 ${common} --threads 2)
+file(STRINGS ${dir}/train.jsonl lines REGEX "\"event\":\"step\"")
+list(LENGTH lines n)
+if(NOT n EQUAL 3)
+  message(FATAL_ERROR "train.jsonl: ${n} step lines, expected 3")
+endif()
+foreach(f ghn.safetensors eval.csv)
+  if(NOT EXISTS ${dir}/${f})
+    message(FATAL_ERROR "train-ghn did not write ${f}")
+  endif()
+endforeach()
+run(ghn info --checkpoint ${dir}/ghn.safetensors)
+string(JSON step GET "${out}" step)
+if(NOT step EQUAL 3)
+  message(FATAL_ERROR "ghn info --checkpoint: step ${step}, expected 3")
+endif()
+
+# Resuming a finished run does no step; the log keeps its lines.
+run(train-ghn --out ${dir} --resume --eval-archs 0 --no-progress)
+file(STRINGS ${dir}/train.jsonl lines REGEX "\"event\":\"step\"")
+list(LENGTH lines n)
+if(NOT n EQUAL 3)
+  message(FATAL_ERROR "after --resume of a finished run: ${n} step lines, expected 3")
+endif()
+
+run(eval-ghn --checkpoint ${dir}/ghn.safetensors --archs 2 --groups test,families --test-limit 64
+    --csv ${dir}/e.csv)
+if(NOT out MATCHES "test +2 " OR NOT out MATCHES "families +4 ")
+  message(FATAL_ERROR "eval-ghn table lacks its groups:\n${out}")
+endif()
+
+if(EXISTS ${BENCH})
+  run(predict --checkpoint ${dir}/ghn.safetensors --arch ${BENCH} --index 3 --input 1x28x28 --out ${dir}/p.safetensors)
+  string(JSON tensors GET "${out}" tensors)
+  if(tensors LESS 10 OR NOT EXISTS ${dir}/p.safetensors)
+    message(FATAL_ERROR "predict: ${out}")
+  endif()
+endif()
+
+# A truncated checkpoint is a clear error naming the file.
+file(WRITE ${dir}/bad.safetensors "garbage")
+execute_process(COMMAND ${GHNQ} eval-ghn --checkpoint ${dir}/bad.safetensors RESULT_VARIABLE rc
+                OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(rc EQUAL 0 OR NOT err MATCHES "bad.safetensors")
+  message(FATAL_ERROR "a corrupted checkpoint must fail naming the file (rc ${rc}): ${err}")
+endif()
+file(REMOVE_RECURSE ${dir})
