@@ -5,6 +5,7 @@
 // Usage: 02_train_ghn [--steps N] [--meta-batch M] [--batch B] [--lr LR] [--schedule S]
 //                     [--fixed-width] [--eval-archs N] [--test-limit N] [--families]
 //                     [--threads T] [--seed S] [--data DIR] [--log FILE.jsonl] [--csv FILE]
+//                     [--checkpoint FILE]
 #include <ghnq/ghn.hpp>
 
 #include <chrono>
@@ -20,7 +21,7 @@ struct options {
   std::int64_t steps = 300, batch = 64, test_limit = 0;
   int meta_batch = 8, eval_archs = 100, threads = 0;
   double lr = 1e-3;
-  std::string schedule = "cosine", data, log, csv;
+  std::string schedule = "cosine", data, log, csv, checkpoint;
   bool fixed_width = false, families = false;
   std::uint64_t seed = 1111;
 };
@@ -47,10 +48,12 @@ options parse(int argc, char** argv) {
     else if (a == "--data") o.data = next();
     else if (a == "--log") o.log = next();
     else if (a == "--csv") o.csv = next();
+    else if (a == "--checkpoint") o.checkpoint = next();
     else if (a == "--help" || a == "-h") {
       std::puts("usage: 02_train_ghn [--steps N] [--meta-batch M] [--batch B] [--lr LR] [--schedule S]\n"
                 "                    [--fixed-width] [--eval-archs N] [--test-limit N] [--families]\n"
-                "                    [--threads T] [--seed S] [--data DIR] [--log FILE.jsonl] [--csv FILE]");
+                "                    [--threads T] [--seed S] [--data DIR] [--log FILE.jsonl] [--csv FILE]\n"
+                "                    [--checkpoint FILE]");
       std::exit(0);
     } else {
       throw ghnq::value_error("unknown option " + a);
@@ -105,26 +108,21 @@ int main(int argc, char** argv) try {
   to.seed = opt.seed;
   to.norm = ghnq::data::fashion_mnist_normalization();
   ghnq::ghn::trainer<config> tr(ghn, train, to);
-  std::FILE* log = opt.log.empty() ? nullptr : std::fopen(opt.log.c_str(), "w");
-  ghnq::io::progress bar("train", opt.steps, "arch", static_cast<double>(opt.meta_batch));
-  double loss = 0, acc = 0;
+  ghnq::ghn::fit_options fo;
+  fo.log_path = opt.log;
+  fo.checkpoint_path = opt.checkpoint;
   t0 = std::chrono::steady_clock::now();
-  while (tr.step_count() < opt.steps) {
-    const auto r = tr.step();
-    loss = r.step == 0 ? r.loss : 0.95 * loss + 0.05 * r.loss;
-    acc = r.step == 0 ? r.accuracy : 0.95 * acc + 0.05 * r.accuracy;
-    char extra[96];
-    std::snprintf(extra, sizeof extra, "loss %.3f acc %.1f%%", loss, 100 * acc);
-    bar.update(r.step + 1, extra);
-    if (log)
-      std::fprintf(log, "{\"step\":%lld,\"loss\":%.6f,\"acc\":%.5f,\"lr\":%.3g,\"grad_norm\":%.4f,\"s\":%.4f}\n",
-                   static_cast<long long>(r.step), r.loss, r.accuracy, r.lr, r.grad_norm, r.seconds);
-  }
-  bar.finish();
-  if (log) std::fclose(log);
+  const auto steps = ghnq::ghn::fit(tr, fo);
   const double train_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  std::printf("trained %lld steps in %.1f s (%.2f s/step)\n", static_cast<long long>(opt.steps), train_s,
-              train_s / static_cast<double>(opt.steps));
+  double last_loss = 0, last_acc = 0;
+  const std::size_t tail = std::min<std::size_t>(20, steps.size());
+  for (std::size_t i = steps.size() - tail; i < steps.size(); ++i) {
+    last_loss += steps[i].loss / static_cast<double>(tail);
+    last_acc += steps[i].accuracy / static_cast<double>(tail);
+  }
+  std::printf("trained %lld steps in %.1f s (%.2f s/step); last %zu steps: loss %.3f, training accuracy %.1f%%\n",
+              static_cast<long long>(opt.steps), train_s, train_s / static_cast<double>(opt.steps), tail, last_loss,
+              100 * last_acc);
   const auto after = ghnq::ghn::evaluate(ghn, archs, test, eo);
   print_table("trained GHN:", after);
   if (!opt.csv.empty()) ghnq::ghn::write_csv(opt.csv, after);

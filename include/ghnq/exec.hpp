@@ -3,3 +3,4 @@
 #pragma once
 #include "ghnq/exec/executor.hpp"
 #include "ghnq/exec/meta_batch.hpp"
+#include "ghnq/exec/quant_plan.hpp"

@@ -26,4 +26,5 @@
 #include "ghnq/io/safetensors.hpp"
 #include "ghnq/train.hpp"
 #include "ghnq/data.hpp"
+#include "ghnq/quant.hpp"
 #include "ghnq/io/progress.hpp"

@@ -16,4 +16,5 @@
 #include "ghnq/backend/cpu/optim.hpp"
 #include "ghnq/backend/cpu/parallel.hpp"
 #include "ghnq/backend/cpu/pool.hpp"
+#include "ghnq/backend/cpu/quant.hpp"
 #include "ghnq/backend/cpu/spatial.hpp"
