@@ -19,7 +19,9 @@
 
 namespace cli {
 
-using config = ghnq::ghn2_config<>;  // "ghn2-cifar10": H = 32, max_shape 64x64x11x11, 10 classes
+// The GHN the commands train and use: "ghn2q-cifar10", GHN-2's CIFAR-10 configuration (H = 32,
+// max_shape 64x64x11x11, 10 classes) plus the bit-width embedding and quant head.
+using config = ghnq::ghn2q_config<>;
 using ghn_t = ghnq::hypernet<config>;
 
 /// Minimal option parser: --key value pairs and --flag switches, with unknown options rejected.
@@ -80,6 +82,27 @@ class args {
   std::map<std::string, std::string> kv_;
   std::string usage_;
 };
+
+inline std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string t;
+  while (std::getline(ss, t, ','))
+    if (!t.empty()) out.push_back(t);
+  return out;
+}
+inline std::vector<int> parse_int_list(const std::string& s) {
+  std::vector<int> out;
+  for (const auto& t : split_list(s)) {
+    try {
+      out.push_back(std::stoi(t));
+    } catch (const std::exception&) {
+      throw ghnq::value_error("expected a comma-separated list of integers, got '" + s + "'");
+    }
+  }
+  if (out.empty()) throw ghnq::value_error("expected a comma-separated list of integers, got '" + s + "'");
+  return out;
+}
 
 /// Training / test data of a named dataset.
 struct dataset_pair {
@@ -148,9 +171,17 @@ inline std::unique_ptr<ghnq::thread_limit> threads_from(const args& a) {
 inline std::vector<ghnq::ghn::arch_eval> run_eval(const ghn_t& ghn, const std::vector<ghnq::ghn::eval_architecture>& archs,
                                                   const ghnq::data::dataset& test, const ghnq::data::normalization& norm,
                                                   long long test_limit, const std::string& title,
-                                                  const std::string& csv, const std::string& log_path) {
+                                                  const std::string& csv, const std::string& log_path,
+                                                  const ghnq::exec::quant_config& quant = {},
+                                                  const ghnq::data::dataset* calib = nullptr, int calib_batches = 8) {
   ghnq::ghn::eval_options eo;
   eo.norm = norm;
+  eo.quant = quant;
+  if (calib != nullptr) {
+    eo.bn = ghnq::ghn::eval_bn::calibrate_fold;
+    eo.calib_data = calib;
+    eo.calib_batches = calib_batches;
+  }
   eo.max_images = test_limit;
   const auto t0 = std::chrono::steady_clock::now();
   ghnq::io::progress bar("eval", static_cast<std::int64_t>(archs.size()), "arch");
@@ -170,7 +201,8 @@ inline std::vector<ghnq::ghn::arch_eval> run_eval(const ghn_t& ghn, const std::v
     ghnq::ghn::detail::jsonl_log log(log_path);
     for (const auto& g : ghnq::ghn::groups_of(rows)) {
       const auto s = ghnq::ghn::summarize(rows, g);
-      log.write({{"event", "final_eval"}, {"title", title}, {"group", g}, {"n", s.n}, {"mean", s.mean},
+      log.write({{"event", "final_eval"}, {"title", title}, {"quant", quant.name()},
+                 {"bn", calib ? "calibrate-fold" : "batch"}, {"group", g}, {"n", s.n}, {"mean", s.mean},
                  {"se", s.se}, {"max", s.max}, {"min", s.min}, {"best", s.best}, {"seconds", secs}});
     }
   }
@@ -183,15 +215,20 @@ const char* kTrainUsage =
     "                      [--warmup N] [--clip C] [--fixed-width] [--seed S] [--dataset fashion-mnist|cifar10]\n"
     "                      [--data DIR] [--threads T] [--save-every N] [--eval-every N] [--eval-archs N]\n"
     "                      [--eval-groups G1,G2] [--eval-test-limit N] [--resume] [--no-progress]\n"
+    "                      [--strategy fp|qat|qat-mixed|noise] [--bits B | --wbits B --abits B]\n"
+    "                      [--wq uniform|lsq|binary|ternary] [--aq uniform|lsq|pact] [--first-last-bits B]\n"
+    "                      [--mixed-bits 8,4,2] [--init CHECKPOINT] [--eval-quant FP32,W8A8,...]\n"
     "Trains a GHN-2 (ghn2-cifar10 configuration) on meta-batches of DeepNets-1M train-split architectures.\n"
     "Writes DIR/ghn.safetensors (resumable checkpoint), DIR/train.jsonl (log), DIR/eval.csv (final evaluation).\n"
-    "--resume continues DIR/ghn.safetensors with the options stored in it.\n";
+    "--resume continues DIR/ghn.safetensors with the options stored in it. --init starts from another\n"
+    "checkpoint's GHN weights (e.g. QAT fine-tuned from a float GHN) with a fresh optimizer.\n";
 
 inline int train_ghn(int argc, char** argv) {
   const args a(argc, argv, {"--fixed-width", "--resume", "--no-progress"}, kTrainUsage);
   a.allow({"--out", "--steps", "--meta-batch", "--batch", "--lr", "--wd", "--optimizer", "--schedule", "--warmup",
            "--clip", "--fixed-width", "--seed", "--dataset", "--data", "--threads", "--save-every", "--eval-every",
-           "--eval-archs", "--eval-groups", "--eval-test-limit", "--resume", "--no-progress"});
+           "--eval-archs", "--eval-groups", "--eval-test-limit", "--resume", "--no-progress", "--strategy", "--bits",
+           "--wbits", "--abits", "--wq", "--aq", "--first-last-bits", "--mixed-bits", "--init", "--eval-quant"});
   const auto limit = threads_from(a);
   const std::string dir = a.required("--out");
   std::filesystem::create_directories(dir);
@@ -216,14 +253,24 @@ inline int train_ghn(int argc, char** argv) {
     o.sample_widths = !a.has("--fixed-width");
     o.seed = static_cast<std::uint64_t>(a.integer("--seed", 1111));
     o.norm = data.norm;
+    o.strat = ghnq::ghn::parse_strategy(a.str("--strategy", "fp"));
+    const int bits = static_cast<int>(a.integer("--bits", 4));
+    o.quant.w_bits = static_cast<int>(a.integer("--wbits", bits));
+    o.quant.a_bits = static_cast<int>(a.integer("--abits", bits));
+    o.quant.first_last_bits = static_cast<int>(a.integer("--first-last-bits", 8));
+    o.quant.wq = ghnq::exec::parse_weight_quantizer(a.str("--wq", "uniform"));
+    o.quant.aq = ghnq::exec::parse_act_quantizer(a.str("--aq", "uniform"));
+    if (a.has("--mixed-bits")) o.mixed_bits = parse_int_list(a.str("--mixed-bits"));
   }
   ghnq::rng g(o.seed);
   ghn_t ghn(g);
   ghnq::ghn::trainer<config> tr(ghn, data.train, o);
   if (a.has("--resume")) ghnq::ghn::load_checkpoint(ckpt, ghn, &tr);
-  std::printf("ghnq %s | train-ghn: GHN-2 H=%d (%lld parameters) | %s %lld images | m=%d, batch %lld, %lld steps "
-              "(from %lld) | %d threads\n",
+  else if (a.has("--init")) ghnq::ghn::load_checkpoint(a.str("--init"), ghn);
+  std::printf("ghnq %s | train-ghn: GHN-2 H=%d (%lld parameters), strategy %s%s | %s %lld images | m=%d, batch %lld, "
+              "%lld steps (from %lld) | %d threads\n",
               ghnq::version_string, config::kHidden, static_cast<long long>(ghn.num_params()),
+              ghnq::ghn::to_string(o.strat), o.strat == ghnq::ghn::strategy::fp ? "" : (" " + o.quant.name()).c_str(),
               data.train.name.c_str(), static_cast<long long>(data.train.size()), o.meta_batch,
               static_cast<long long>(o.batch_size), static_cast<long long>(o.steps),
               static_cast<long long>(tr.step_count()), ghnq::max_threads());
@@ -257,8 +304,11 @@ inline int train_ghn(int argc, char** argv) {
   std::fflush(stdout);
   if (n_eval > 0) {
     const auto archs = eval_set(groups, n_eval, 0, data.test);
-    run_eval(ghn, archs, data.test, data.norm, test_limit, "trained GHN, unseen architectures", dir + "/eval.csv",
-             log);
+    for (const auto& qn : split_list(a.str("--eval-quant", "FP32"))) {
+      const auto qc = ghnq::exec::parse_quant_name(qn, o.quant);
+      run_eval(ghn, archs, data.test, data.norm, test_limit, "trained GHN, unseen architectures, " + qc.name(),
+               dir + "/eval_" + qc.name() + ".csv", log, qc);
+    }
   }
   return 0;
 }
@@ -266,18 +316,22 @@ inline int train_ghn(int argc, char** argv) {
 const char* kEvalUsage =
     "usage: ghnq eval-ghn (--checkpoint FILE | --untrained) [--archs N] [--groups test,deep,wide,bn-free,dense,families]\n"
     "                     [--dataset fashion-mnist|cifar10] [--data DIR] [--test-limit N] [--seed S] [--csv FILE]\n"
-    "                     [--log FILE.jsonl] [--threads T]\n"
+    "                     [--log FILE.jsonl] [--threads T] [--quant FP32,W8A8,W4A4,W2A2,W4A8,W2A8]\n"
+    "                     [--wq uniform|lsq|binary|ternary] [--aq uniform|lsq|pact] [--first-last-bits B]\n"
+    "                     [--bn batch|fold] [--calib-batches K]\n"
     "Predicts the parameters of unseen architectures (test split and out-of-distribution groups) and reports\n"
     "top-1 (BatchNorm with test-batch statistics, batch 64): mean ± standard error, max, min per group.\n";
 
 inline int eval_ghn(int argc, char** argv) {
   const args a(argc, argv, {"--untrained"}, kEvalUsage);
   a.allow({"--checkpoint", "--untrained", "--archs", "--groups", "--dataset", "--data", "--test-limit", "--seed",
-           "--csv", "--log", "--threads"});
+           "--csv", "--log", "--threads", "--quant", "--wq", "--aq", "--first-last-bits", "--bn", "--calib-batches"});
   const auto limit = threads_from(a);
   if (a.has("--checkpoint") == a.has("--untrained"))
     throw ghnq::value_error(std::string("give exactly one of --checkpoint FILE and --untrained\n") + kEvalUsage);
-  const auto data = load_data(a.str("--dataset", "fashion-mnist"), a.str("--data"), false);
+  const std::string bn = a.str("--bn", "batch");
+  if (bn != "batch" && bn != "fold") throw ghnq::value_error("--bn: batch or fold, got '" + bn + "'");
+  const auto data = load_data(a.str("--dataset", "fashion-mnist"), a.str("--data"), bn == "fold");
   ghnq::rng g(static_cast<std::uint64_t>(a.integer("--seed", 1111)));
   ghn_t ghn(g);
   std::string title = "untrained GHN (seed " + a.str("--seed", "1111") + ")";
@@ -286,7 +340,19 @@ inline int eval_ghn(int argc, char** argv) {
     title = "GHN " + a.str("--checkpoint") + (info.resumable ? " (step " + std::to_string(info.step) + ")" : "");
   }
   const auto archs = eval_set(a.str("--groups", "test"), static_cast<int>(a.integer("--archs", 100)), 0, data.test);
-  run_eval(ghn, archs, data.test, data.norm, a.integer("--test-limit", 0), title, a.str("--csv"), a.str("--log"));
+  ghnq::exec::quant_config base;
+  base.first_last_bits = static_cast<int>(a.integer("--first-last-bits", 8));
+  base.wq = ghnq::exec::parse_weight_quantizer(a.str("--wq", "uniform"));
+  base.aq = ghnq::exec::parse_act_quantizer(a.str("--aq", "uniform"));
+  const auto quants = split_list(a.str("--quant", "FP32"));
+  for (const auto& qn : quants) {
+    const auto qc = ghnq::exec::parse_quant_name(qn, base);
+    std::string csv = a.str("--csv");
+    if (!csv.empty() && quants.size() > 1) csv += "." + qc.name() + ".csv";
+    run_eval(ghn, archs, data.test, data.norm, a.integer("--test-limit", 0), title + ", " + qc.name() + ", BN " + bn,
+             csv, a.str("--log"), qc, bn == "fold" ? &data.train : nullptr,
+             static_cast<int>(a.integer("--calib-batches", 8)));
+  }
   return 0;
 }
 
@@ -325,15 +391,15 @@ inline int predict(int argc, char** argv) {
   return 0;
 }
 
-const char* kInfoUsage = "usage: ghnq ghn info [--config ghn2-cifar10 | --checkpoint FILE]\n";
+const char* kInfoUsage = "usage: ghnq ghn info [--config ghn2-cifar10 | ghn2q-cifar10 | --checkpoint FILE]\n";
 
 inline int ghn_info(int argc, char** argv) {
   const args a(argc, argv, {}, kInfoUsage);
   a.allow({"--config", "--checkpoint"});
   nlohmann::json out;
-  ghnq::rng g(0);
-  ghn_t ghn(g);
   if (a.has("--checkpoint")) {
+    ghnq::rng g(0);
+    ghn_t ghn(g);
     const auto path = a.str("--checkpoint");
     const auto info = ghnq::ghn::load_checkpoint(path, ghn);
     out["checkpoint"] = path;
@@ -344,13 +410,23 @@ inline int ghn_info(int argc, char** argv) {
       out["skipped"] = info.skipped;
       out["training"] = ghnq::ghn::to_json(info.options);
     }
+    out["num_params"] = ghn.num_params();
   } else {
     const auto name = a.str("--config", "ghn2-cifar10");
-    if (name != "ghn2-cifar10") throw ghnq::value_error("--config: unknown '" + name + "' (ghn2-cifar10)");
+    ghnq::rng g(0);
+    if (name == "ghn2-cifar10") {
+      ghnq::hypernet<ghnq::ghn2_config<>> ghn(g);
+      out["config"] = ghnq::ghn::config_json<ghnq::ghn2_config<>>();
+      out["num_params"] = ghn.num_params();
+    } else if (name == "ghn2q-cifar10") {
+      ghn_t ghn(g);
+      out["config"] = ghnq::ghn::config_json<config>();
+      out["num_params"] = ghn.num_params();
+    } else {
+      throw ghnq::value_error("--config: unknown '" + name + "' (ghn2-cifar10, ghn2q-cifar10)");
+    }
     out["name"] = name;
-    out["config"] = ghnq::ghn::config_json<config>();
   }
-  out["num_params"] = ghn.num_params();
   std::cout << out.dump(2) << "\n";
   return 0;
 }

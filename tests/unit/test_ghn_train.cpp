@@ -5,6 +5,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "ghnq/ghn/evaluate.hpp"
@@ -341,4 +342,73 @@ TEST_CASE("ghn evaluation: summaries and CSV", "[ghn][eval]") {
   CHECK(!std::filesystem::exists(path + ".tmp"));
   CHECK_THROWS_AS(ghn::write_csv((dir / "missing" / "rows.csv").string(), rows), io_error);
   std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("quantization-aware GHN: starts as its float twin, predicts factors, trains with QAT", "[ghn][train][quant]") {
+  using cfg_q = ghn2q_config<backend::cpu_t, float, 8, 10>;
+  rng g1(5), g2(5);
+  hypernet<cfg_f> plain(g1);
+  hypernet<cfg_q> qa(g2);
+  CHECK(qa.num_params() == plain.num_params() + 8 * 8 + 2 * 8 + 2);
+  auto o = small_options();
+  const auto nets = ghn::training_architectures(o, 0, 1, 12, 12, 10);
+  graph::graph_batch gb;
+  std::vector<const arch::network*> np;
+  for (const auto& n : nets) {
+    gb.add(hypernet<cfg_q>::graph_of(n));
+    np.push_back(&n);
+  }
+  exec::quant_config q;
+  q.w_bits = q.a_bits = 4;
+  q.wq = exec::weight_quantizer::lsq;
+  q.aq = exec::act_quantizer::pact;
+  std::vector<std::vector<exec::op_quant>> plans;
+  for (const auto& n : nets) plans.push_back(exec::plan_quantization(n, q));
+  autograd::tape<float> tp;
+  const auto a = plain.predict(tp, np, gb);
+  const auto b = qa.predict_quant(tp, np, gb, &plans);
+  REQUIRE(b.factors.size() == nets.size());
+  for (std::size_t k = 0; k < nets.size(); ++k) {
+    for (std::size_t p = 0; p < a[k].size(); ++p) CHECK(a[k][p].value().to_vector() == b.params[k][p].value().to_vector());
+    std::size_t defined = 0;
+    for (std::size_t op = 0; op < nets[k].ops.size(); ++op)
+      if (b.factors[k].weight[op].defined()) {
+        ++defined;
+        CHECK(b.factors[k].weight[op].value().to_vector()[0] == 0.0f);  // zero-initialized head: factor 1
+        CHECK(plans[k][op].quantized());
+      }
+    CHECK(defined > 0);
+  }
+  tp.clear();
+  // QAT steps: the loss is finite and the quant head and bit embedding receive gradients.
+  const auto ds = synthetic(64, 12, false, 8);
+  o.strat = ghn::strategy::qat;
+  o.quant = q;
+  ghn::trainer<cfg_q> tr(qa, ds, o);
+  const auto r = tr.step();
+  CHECK(std::isfinite(r.loss));
+  CHECK(r.w_bits == 4);
+  bool head = false, bits = false;
+  for (const auto& p : qa.parameters()) {
+    if (p.name() == "quant.head.weight" && p.has_grad())
+      for (float v : p.grad().to_vector()) head = head || v != 0.0f;
+    if (p.name() == "quant.bit_embedding" && p.has_grad())
+      for (float v : p.grad().to_vector()) bits = bits || v != 0.0f;
+  }
+  CHECK(head);
+  CHECK(bits);
+  // Mixed: the bit-width is drawn per step from the list, deterministically.
+  o.strat = ghn::strategy::qat_mixed;
+  std::set<int> seen;
+  for (int t = 0; t < 30; ++t) {
+    const auto qt = ghn::quant_at(o, t);
+    CHECK(qt.w_bits == qt.a_bits);
+    CHECK(qt.w_bits == ghn::quant_at(o, t).w_bits);
+    seen.insert(qt.w_bits);
+  }
+  CHECK(seen == std::set<int>{2, 4, 8});
+  o.strat = ghn::strategy::fp;
+  CHECK(!ghn::quant_at(o, 0).enabled());
+  o.strat = ghn::strategy::noise;
+  CHECK(ghn::quant_at(o, 0).noise);
 }

@@ -7,6 +7,7 @@
 
 #include "ghnq/arch/builder.hpp"
 #include "ghnq/arch/families.hpp"
+#include "ghnq/exec/executor.hpp"
 #include "ghnq/exec/quantize.hpp"
 
 using namespace ghnq;
@@ -275,4 +276,74 @@ TEST_CASE("quantize_weight / quantize_input: binary, ternary and noise", "[quant
     differs = differs || n1.value().data()[i] != r.value().data()[i];
   }
   CHECK(differs);
+}
+
+TEST_CASE("executor: quantized forward = the same network with manually fake-quantized weights and inputs",
+          "[quant][exec]") {
+  int id[5];
+  const auto net = small_net(id);
+  exec::executor<backend::cpu_t, double> ex(net);
+  rng g(3);
+  auto ps = ex.init_parameters(g);
+  const autograd::var<double> x(random_t({4, 1, 8, 8}, 8));
+  exec::quant_config q;
+  q.w_bits = 4;
+  q.a_bits = 4;
+  autograd::tape<double> tp;
+  exec::run_options ro;
+  ro.quant = &q;
+  const auto yq = ex.forward(tp, x, ps, ro);
+  const auto yf = ex.forward(tp, x, ps);
+  // Reference: the first conv with its input and weight quantized at 8 bits (first layer) by hand.
+  const auto plan = exec::plan_quantization(net, q);
+  const auto& p0 = plan[static_cast<std::size_t>(id[0])];
+  const auto xin = exec::quantize_input(tp, x, p0, q, autograd::var<double>());
+  bool moved = false;
+  for (std::int64_t i = 0; i < x.value().numel(); ++i) moved = moved || xin.value().data()[i] != x.value().data()[i];
+  CHECK(moved);
+  double diff = 0;
+  for (std::int64_t i = 0; i < yq.value().numel(); ++i) diff += std::abs(yq.value().data()[i] - yf.value().data()[i]);
+  CHECK(diff > 1e-6);  // quantization changes the logits
+  // Every weight the executor sees is on the 4-bit (or 8-bit) grid: compare with a network whose
+  // parameters are pre-quantized and whose activations are quantized the same way.
+  auto pq = ps;
+  for (const auto& info : ex.params()) {
+    const auto op = static_cast<std::size_t>(info.op);
+    if (info.role != arch::param_role::weight || !plan[op].quantized()) continue;
+    const std::size_t k = static_cast<std::size_t>(&info - ex.params().data());
+    pq[k] = autograd::var<double>(exec::quantize_weight(tp, ps[k], plan[op], q, autograd::var<double>()).value(), false);
+  }
+  exec::quant_config acts_only = q;
+  acts_only.w_bits = 32;
+  exec::run_options ra;
+  ra.quant = &acts_only;
+  const auto ym = ex.forward(tp, x, pq, ra);
+  for (std::int64_t i = 0; i < yq.value().numel(); ++i) CHECK(ym.value().data()[i] == Approx(yq.value().data()[i]).margin(1e-9));
+}
+
+TEST_CASE("executor: BN folding equals running-statistics evaluation in float", "[quant][exec]") {
+  for (const char* f : {"resnet20", "mobilenet_v2"}) {
+    const auto net = arch::family(f, 1, 12, 12, 10);
+    exec::executor<backend::cpu_t, double> ex(net);
+    rng g(4);
+    auto ps = ex.init_parameters(g);
+    for (auto& p : ps)  // non-trivial BN affine parameters
+      for (std::int64_t i = 0; i < p.value().numel(); ++i) p.value().data()[i] += g.uniform(-0.1, 0.1);
+    std::vector<autograd::var<double>> calib = {autograd::var<double>(random_t({8, 1, 12, 12}, 9)),
+                                                autograd::var<double>(random_t({8, 1, 12, 12}, 10))};
+    ex.calibrate(ps, calib);
+    autograd::tape<double> tp;
+    autograd::no_grad<autograd::tape<double>> ng(tp);
+    exec::run_options rs;
+    rs.bn = exec::bn_mode::running_stats;
+    const auto x = autograd::var<double>(random_t({3, 1, 12, 12}, 11));
+    const auto y = ex.forward(tp, x, ps, rs);
+    rs.fold_bn = true;
+    const auto yf = ex.forward(tp, x, ps, rs);
+    INFO(f);
+    for (std::int64_t i = 0; i < y.value().numel(); ++i) CHECK(yf.value().data()[i] == Approx(y.value().data()[i]).margin(1e-9));
+    exec::run_options bad;
+    bad.fold_bn = true;  // batch statistics
+    CHECK_THROWS_AS(ex.forward(tp, x, ps, bad), value_error);
+  }
 }

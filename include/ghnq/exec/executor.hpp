@@ -22,6 +22,8 @@
 /// auto logits = ex.forward(tp, x, params, {});
 /// \endcode
 #pragma once
+#include "ghnq/exec/quant_plan.hpp"
+#include "ghnq/exec/quantize.hpp"
 #include <cstdint>
 #include <string>
 #include <utility>
@@ -49,6 +51,14 @@ struct run_options {
   double bn_momentum = 0.1;           ///< running = (1 - m) running + m batch
   bool dropout = false;               ///< apply dropout (training); off = identity (evaluation)
   std::uint64_t dropout_seed = 0;     ///< seed of the dropout masks of this pass
+  /// Fake quantization of conv / linear weights and inputs (exec/quant_plan.hpp, exec/quantize.hpp);
+  /// null: float. The config must outlive the pass (backward closures do not refer to it).
+  const quant_config* quant = nullptr;
+  std::uint64_t noise_seed = 0;       ///< seed of the pseudo-quantization noise (quant->noise)
+  /// Fold every BatchNorm that is the only reader of a conv into that conv (weights scaled by
+  /// gamma / sqrt(running_var + eps), bias (b - running_mean) * that + beta) before the weight is
+  /// quantized. Needs bn = running_stats and a tape that does not record (evaluation only).
+  bool fold_bn = false;
 };
 
 /// \tparam Backend backend tag the tensors live on.
@@ -131,8 +141,25 @@ class executor {
   }
 
   /// Logits [N, num_classes] of input x [N, in_channels, in_h, in_w].
-  var_t forward(tape_t& tp, const var_t& x, const std::vector<var_t>& ps, const run_options& opt = {}) {
+  /// With opt.quant, conv / linear weights and inputs are fake-quantized by the plan of
+  /// plan_quantization(network(), *opt.quant); `qf` (optional) holds predicted log-factors of the
+  /// learned steps / clips per op (quant_factors).
+  var_t forward(tape_t& tp, const var_t& x, const std::vector<var_t>& ps, const run_options& opt = {},
+                const quant_factors<T, Backend>* qf = nullptr) {
     check_parameters(ps);
+    pass_ = pass_state{};
+    if (opt.quant != nullptr && opt.quant->enabled()) {
+      pass_.plan = plan_quantization(net_, *opt.quant);
+      pass_.quant = opt.quant;
+      pass_.factors = qf;
+      pass_.noise = rng(opt.noise_seed);
+      if (qf != nullptr)
+        GHNQ_CHECK((qf->weight.empty() || qf->weight.size() == net_.ops.size()) &&
+                       (qf->input.empty() || qf->input.size() == net_.ops.size()),
+                   shape_error, "executor", where(), ": quant_factors must hold one entry per op (", net_.ops.size(),
+                   ")");
+    }
+    if (opt.fold_bn) fold_batch_norms(tp, ps, opt);
     const auto& xs = x.shape();
     GHNQ_CHECK(xs.rank() == 4 && xs[1] == net_.in_channels && xs[2] == net_.in_h && xs[3] == net_.in_w,
                shape_error, "executor", where(), ": input ", xs, " does not match the network's input [N, ",
@@ -141,7 +168,8 @@ class executor {
     std::vector<var_t> v(net_.ops.size());
     for (std::size_t i = 0; i < net_.ops.size(); ++i) {
       if (!live_[i]) continue;
-      v[i] = run_op(tp, i, x, v, ps, opt, drop);
+      if (!pass_.folded_into.empty() && pass_.folded_into[i] >= 0) v[i] = v[static_cast<std::size_t>(net_.ops[i].inputs[0])];
+      else v[i] = run_op(tp, i, x, v, ps, opt, drop);  // (a folded BN is the identity)
       for (int in : net_.ops[i].inputs)  // release values nobody reads any more
         if (last_use_[static_cast<std::size_t>(in)] == static_cast<int>(i)) v[static_cast<std::size_t>(in)] = var_t();
     }
@@ -177,6 +205,74 @@ class executor {
     return static_cast<std::int64_t>(in.c / o.groups) * o.kh * o.kw;
   }
 
+  /// State of the current forward pass: the quantization plan and factors, the noise stream, and
+  /// folded conv parameters.
+  struct pass_state {
+    std::vector<op_quant> plan;
+    const quant_config* quant = nullptr;
+    const quant_factors<T, Backend>* factors = nullptr;
+    rng noise{0};
+    std::vector<int> folded_into;         ///< BN op -> the conv it is folded into (-1: none)
+    std::vector<var_t> folded_w, folded_b;  ///< per conv op (undefined: not folded)
+  };
+  pass_state pass_;
+
+  var_t factor_of(const std::vector<var_t>* fs, std::size_t i) const {
+    return fs != nullptr && !fs->empty() ? (*fs)[i] : var_t();
+  }
+  var_t quant_w(tape_t& tp, std::size_t i, const var_t& w) {
+    if (pass_.quant == nullptr || pass_.plan[i].w_bits == 0) return w;
+    return quantize_weight(tp, w, pass_.plan[i], *pass_.quant,
+                           factor_of(pass_.factors ? &pass_.factors->weight : nullptr, i), &pass_.noise);
+  }
+  var_t quant_in(tape_t& tp, std::size_t i, const var_t& x) {
+    if (pass_.quant == nullptr || pass_.plan[i].a_bits == 0) return x;
+    return quantize_input(tp, x, pass_.plan[i], *pass_.quant,
+                          factor_of(pass_.factors ? &pass_.factors->input : nullptr, i), &pass_.noise);
+  }
+
+  /// BN folding for this pass (see run_options::fold_bn).
+  void fold_batch_norms(const tape_t& tp, const std::vector<var_t>& ps, const run_options& opt) {
+    GHNQ_CHECK(opt.bn == bn_mode::running_stats, value_error, "executor", where(),
+               ": fold_bn needs bn = running_stats (run calibrate() first)");
+    GHNQ_CHECK(!tp.recording(), value_error, "executor", where(), ": fold_bn is for evaluation (use a no_grad tape)");
+    const std::size_t n = net_.ops.size();
+    std::vector<int> readers(n, 0);
+    for (std::size_t i = 0; i < n; ++i)
+      if (live_[i])
+        for (int in : net_.ops[i].inputs) ++readers[static_cast<std::size_t>(in)];
+    pass_.folded_into.assign(n, -1);
+    pass_.folded_w.assign(n, var_t());
+    pass_.folded_b.assign(n, var_t());
+    constexpr double eps = nn::batch_norm_options{}.eps;
+    for (std::size_t j = 0; j < n; ++j) {
+      if (!live_[j] || net_.ops[j].type != arch::op_type::batch_norm) continue;
+      const auto c = static_cast<std::size_t>(net_.ops[j].inputs[0]);
+      if (net_.ops[c].type != arch::op_type::conv || readers[c] != 1) continue;
+      const auto& st = bn_[static_cast<std::size_t>(bn_index_[j])];
+      const auto w = to_backend<backend::cpu_t>(param(ps, weight_, c).value().contiguous());
+      const var_t bv = param(ps, bias_, c), gv = param(ps, weight_, j), betav = param(ps, bias_, j);
+      const auto mean = to_backend<backend::cpu_t>(st.running_mean), var = to_backend<backend::cpu_t>(st.running_var);
+      const std::int64_t oc = w.dim(0), per = w.numel() / oc;
+      auto host = [](const var_t& v, std::int64_t count, double fill) {
+        if (!v.defined()) return std::vector<double>(static_cast<std::size_t>(count), fill);
+        const auto h = to_backend<backend::cpu_t>(v.value().contiguous()).to_vector();
+        return std::vector<double>(h.begin(), h.end());
+      };
+      const auto g = host(gv, oc, 1.0), b0 = host(bv, oc, 0.0), beta = host(betav, oc, 0.0);
+      tensor<T> fw(w.shape()), fb({oc});
+      for (std::int64_t k = 0; k < oc; ++k) {
+        const auto kk = static_cast<std::size_t>(k);
+        const double sc = g[kk] / std::sqrt(static_cast<double>(var.data()[k]) + eps);
+        for (std::int64_t e = 0; e < per; ++e) fw.data()[k * per + e] = static_cast<T>(w.data()[k * per + e] * sc);
+        fb.data()[k] = static_cast<T>((b0[kk] - static_cast<double>(mean.data()[k])) * sc + beta[kk]);
+      }
+      pass_.folded_w[c] = var_t(to_backend<Backend>(fw), false);
+      pass_.folded_b[c] = var_t(to_backend<Backend>(fb), false);
+      pass_.folded_into[j] = static_cast<int>(c);
+    }
+  }
+
   var_t param(const std::vector<var_t>& ps, const std::vector<int>& slot, std::size_t i) const {
     const int k = slot[i];
     return k < 0 ? var_t() : ps[static_cast<std::size_t>(k)];
@@ -198,10 +294,15 @@ class executor {
         cp.pad_w = o.pad_w;
         cp.dilation_h = cp.dilation_w = o.dilation;
         cp.groups = o.groups;
-        return nn::conv2d(tp, in(0), param(ps, weight_, i), param(ps, bias_, i), cp);
+        var_t w = param(ps, weight_, i), b = param(ps, bias_, i);
+        if (!pass_.folded_w.empty() && pass_.folded_w[i].defined()) {
+          w = pass_.folded_w[i];
+          b = pass_.folded_b[i];
+        }
+        return nn::conv2d(tp, quant_in(tp, i, in(0)), quant_w(tp, i, w), b, cp);
       }
       case op_type::linear:
-        return nn::linear(tp, in(0), param(ps, weight_, i), param(ps, bias_, i));
+        return nn::linear(tp, quant_in(tp, i, in(0)), quant_w(tp, i, param(ps, weight_, i)), param(ps, bias_, i));
       case op_type::batch_norm: {
         nn::batch_norm_options bo;
         bo.training = opt.bn == bn_mode::batch_stats;

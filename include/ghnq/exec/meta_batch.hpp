@@ -18,7 +18,8 @@ struct network_result {
 };
 
 /// For every network k: logits = nets[k]->forward(x, params[k]); loss = CE(logits, labels);
-/// backward into params[k] (their gradients accumulate). `parallel` runs the networks as
+/// backward into params[k] (their gradients accumulate), with the quantizer log-factors
+/// (*factors)[k] when given (their gradients accumulate too). `parallel` runs the networks as
 /// concurrent tasks; ops inside each network still split their own work on the same pool.
 /// \code
 /// auto res = ghnq::exec::forward_backward(nets, params, x, labels, opt);
@@ -28,13 +29,16 @@ std::vector<network_result> forward_backward(const std::vector<executor<B, T>*>&
                                              const std::vector<std::vector<autograd::var<T, B>>>& params,
                                              const autograd::var<T, B>& x, const std::vector<std::int32_t>& labels,
                                              const run_options& opt = {}, double label_smoothing = 0.0,
-                                             bool parallel = true) {
+                                             bool parallel = true,
+                                             const std::vector<quant_factors<T, B>>* factors = nullptr) {
+  GHNQ_CHECK(factors == nullptr || factors->size() == nets.size(), value_error, "forward_backward: ",
+             factors ? factors->size() : 0, " quant_factors for ", nets.size(), " networks");
   GHNQ_CHECK(nets.size() == params.size(), value_error, "forward_backward: ", nets.size(), " networks but ",
              params.size(), " parameter sets");
   std::vector<network_result> out(nets.size());
   auto one = [&](std::size_t k) {
     autograd::tape<T, B> tp;
-    auto logits = nets[k]->forward(tp, x, params[k], opt);
+    auto logits = nets[k]->forward(tp, x, params[k], opt, factors ? &(*factors)[k] : nullptr);
     auto loss = nn::cross_entropy(tp, logits, labels, label_smoothing);
     out[k].loss = static_cast<double>(loss.value().to_vector()[0]);
     out[k].correct = nn::count_correct(logits.value(), labels);

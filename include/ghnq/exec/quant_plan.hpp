@@ -22,6 +22,7 @@
 /// \endcode
 #pragma once
 #include <cstdint>
+#include <cstdio>
 #include <map>
 #include <string>
 #include <vector>
@@ -64,6 +65,19 @@ inline const char* to_string(act_quantizer q) {
   return "?";
 }
 
+/// Parse "uniform" | "lsq" | "binary" | "ternary" (value_error otherwise).
+inline weight_quantizer parse_weight_quantizer(const std::string& s) {
+  for (auto q : {weight_quantizer::uniform, weight_quantizer::lsq, weight_quantizer::binary, weight_quantizer::ternary})
+    if (s == to_string(q)) return q;
+  throw value_error("unknown weight quantizer '" + s + "' (uniform, lsq, binary, ternary)");
+}
+/// Parse "uniform" | "lsq" | "pact" (value_error otherwise).
+inline act_quantizer parse_act_quantizer(const std::string& s) {
+  for (auto q : {act_quantizer::uniform, act_quantizer::lsq, act_quantizer::pact})
+    if (s == to_string(q)) return q;
+  throw value_error("unknown activation quantizer '" + s + "' (uniform, lsq, pact)");
+}
+
 /// Quantization of a whole network. Default: everything float (w_bits = a_bits = 32).
 struct quant_config {
   int w_bits = 32;             ///< weight bit-width (0 or >= 32: float)
@@ -93,6 +107,21 @@ struct quant_config {
            (q(a_bits) ? std::to_string(a_bits) : std::string("32"));
   }
 };
+
+/// Parse "FP32" | "W<b>A<b>" (e.g. "W4A8"; 32 means float) into the bit-widths of a copy of `base`.
+inline quant_config parse_quant_name(const std::string& s, quant_config base) {
+  if (s == "FP32" || s == "fp32") {
+    base.w_bits = base.a_bits = 32;
+    return base;
+  }
+  int w = 0, a = 0, n = 0;
+  GHNQ_CHECK(std::sscanf(s.c_str(), "W%dA%d%n", &w, &a, &n) == 2 && n == static_cast<int>(s.size()) && w >= 1 &&
+                 w <= 32 && a >= 1 && a <= 32,
+             value_error, "quantization '", s, "': expected FP32 or W<bits>A<bits> (e.g. W4A4, W2A8)");
+  base.w_bits = w;
+  base.a_bits = a;
+  return base;
+}
 
 /// The resolved quantization of one op (only conv / linear ops are ever quantized).
 struct op_quant {

@@ -59,7 +59,7 @@ template <class Config>
 nlohmann::json config_json() {
   using T = typename Config::scalar;
   nlohmann::json j;
-  j["model"] = "ghn2";
+  j["model"] = ghn::is_quant_aware<Config>::value ? "ghn2q" : "ghn2";
   j["hidden"] = Config::kHidden;
   j["num_classes"] = Config::kClasses;
   j["max_shape"] = {Config::kMaxOut, Config::kMaxIn, Config::kMaxSpatial, Config::kMaxSpatial};
@@ -68,6 +68,7 @@ nlohmann::json config_json() {
   j["weight_norm"] = Config::kWeightNorm;
   j["gnn"] = detail::gnn_name<typename Config::template gnn<T, typename Config::backend>>();
   j["scalar"] = std::is_same_v<T, float> ? "float32" : "float64";
+  j["quant_aware"] = ghn::is_quant_aware<Config>::value;
   return j;
 }
 
@@ -93,6 +94,13 @@ inline nlohmann::json to_json(const train_options& o) {
   j["sample_widths"] = o.sample_widths;
   j["norm"] = {{"mean", o.norm.mean}, {"std", o.norm.std}};
   j["aug"] = {{"crop_padding", o.aug.crop_padding}, {"hflip", o.aug.hflip}};
+  j["strategy"] = to_string(o.strat);
+  j["quant"] = {{"w_bits", o.quant.w_bits},
+                {"a_bits", o.quant.a_bits},
+                {"first_last_bits", o.quant.first_last_bits},
+                {"wq", exec::to_string(o.quant.wq)},
+                {"aq", exec::to_string(o.quant.aq)}};
+  j["mixed_bits"] = o.mixed_bits;
   return j;
 }
 
@@ -166,6 +174,18 @@ inline train_options train_options_from_json(const nlohmann::json& j, const std:
   const auto ag = ck_get<nlohmann::json>(j, "aug", file);
   o.aug.crop_padding = ck_get<int>(ag, "crop_padding", file);
   o.aug.hflip = ck_get<bool>(ag, "hflip", file);
+  try {
+    o.strat = parse_strategy(ck_get<std::string>(j, "strategy", file));
+    const auto q = ck_get<nlohmann::json>(j, "quant", file);
+    o.quant.w_bits = ck_get<int>(q, "w_bits", file);
+    o.quant.a_bits = ck_get<int>(q, "a_bits", file);
+    o.quant.first_last_bits = ck_get<int>(q, "first_last_bits", file);
+    o.quant.wq = exec::parse_weight_quantizer(ck_get<std::string>(q, "wq", file));
+    o.quant.aq = exec::parse_act_quantizer(ck_get<std::string>(q, "aq", file));
+  } catch (const value_error& e) {
+    throw io_error(file, std::string("training options: ") + e.what());
+  }
+  o.mixed_bits = ck_get<std::vector<int>>(j, "mixed_bits", file);
   return o;
 }
 

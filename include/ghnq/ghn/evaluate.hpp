@@ -31,6 +31,8 @@
 #include "ghnq/data/dataset.hpp"
 #include "ghnq/data/loader.hpp"
 #include "ghnq/exec/executor.hpp"
+#include "ghnq/exec/quant_plan.hpp"
+#include "ghnq/exec/quantize.hpp"
 #include "ghnq/ghn/hypernet.hpp"
 #include "ghnq/ghn/trainer.hpp"
 #include "ghnq/nn/loss.hpp"
@@ -87,12 +89,23 @@ inline std::vector<eval_architecture> family_architectures(int channels, int hei
   return out;
 }
 
+/// How BatchNorm normalizes during evaluation.
+enum class eval_bn : std::uint8_t {
+  batch_stats,     ///< statistics of each test batch (GHN-2's protocol)
+  calibrate_fold,  ///< running statistics from `calib_batches` training batches in float, BN folded
+                   ///< into the preceding conv before its weights are quantized
+};
+
 /// Options of an evaluation.
 struct eval_options {
   std::int64_t batch_size = 64;   ///< test batch (the reference's 64: BN uses its statistics)
   std::int64_t max_images = 0;    ///< evaluate on the first n test images (0: all)
   data::normalization norm;       ///< as in training
   bool parallel = true;           ///< evaluate architectures as parallel tasks
+  exec::quant_config quant;       ///< quantization of the predicted networks (default: float)
+  eval_bn bn = eval_bn::batch_stats;
+  int calib_batches = 8;          ///< calibrate_fold: training batches for the running statistics
+  const data::dataset* calib_data = nullptr;  ///< calibrate_fold: the training set
 };
 
 /// Result for one architecture.
@@ -193,14 +206,38 @@ std::vector<arch_eval> evaluate(const hypernet<Config>& ghn, const std::vector<e
     xs.push_back(detail::images_as<T, B>(b.images.clone()));
     ys.push_back(b.labels);
   }
+  std::vector<var_t> calib;  // calibrate_fold: the float batches for the running statistics
+  if (opt.bn == eval_bn::calibrate_fold) {
+    GHNQ_CHECK(opt.calib_data != nullptr && opt.calib_batches >= 1, value_error,
+               "evaluate: calibrate_fold needs calib_data and calib_batches >= 1");
+    data::loader_options co;
+    co.batch_size = opt.batch_size;
+    co.shuffle = true;
+    co.drop_last = true;
+    co.seed = 12345;
+    co.norm = opt.norm;
+    data::loader cl(*opt.calib_data, co);
+    data::batch cb;
+    for (int k = 0; k < opt.calib_batches && cl.next(cb); ++k) calib.push_back(detail::images_as<T, B>(cb.images.clone()));
+  }
   // Prediction: one architecture at a time (the GHN's own ops use every thread).
+  const bool quantized = opt.quant.enabled();
   std::vector<std::vector<var_t>> params(archs.size());
+  std::vector<exec::quant_factors<T, B>> factors(archs.size());
+  std::vector<std::vector<exec::op_quant>> plans(archs.size());
   std::vector<arch_eval> rows(archs.size());
   for (std::size_t i = 0; i < archs.size(); ++i) {
     const auto t0 = std::chrono::steady_clock::now();
     autograd::tape<T, B> tp;
     autograd::no_grad<autograd::tape<T, B>> ng(tp);
-    params[i] = ghn.predict(tp, archs[i].net);
+    if (quantized) plans[i] = exec::plan_quantization(archs[i].net, opt.quant);
+    graph::graph_batch gb;
+    gb.add(hypernet<Config>::graph_of(archs[i].net));
+    std::vector<std::vector<exec::op_quant>> one;
+    if (quantized) one.push_back(plans[i]);
+    auto pred = ghn.predict_quant(tp, {&archs[i].net}, gb, quantized ? &one : nullptr);
+    params[i] = std::move(pred.params[0]);
+    factors[i] = std::move(pred.factors[0]);
     rows[i].predict_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     rows[i].name = archs[i].name;
     rows[i].group = archs[i].group;
@@ -212,10 +249,16 @@ std::vector<arch_eval> evaluate(const hypernet<Config>& ghn, const std::vector<e
     autograd::no_grad<autograd::tape<T, B>> ng(tp);
     exec::run_options ro;
     ro.bn = exec::bn_mode::batch_stats;
+    if (opt.bn == eval_bn::calibrate_fold) {
+      ex.calibrate(params[i], calib);
+      ro.bn = exec::bn_mode::running_stats;
+      ro.fold_bn = true;
+    }
+    if (quantized) ro.quant = &opt.quant;
     std::int64_t correct = 0, n = 0;
     double loss = 0.0;
     for (std::size_t k = 0; k < xs.size(); ++k) {
-      const auto logits = ex.forward(tp, xs[k], params[i], ro);
+      const auto logits = ex.forward(tp, xs[k], params[i], ro, quantized ? &factors[i] : nullptr);
       const auto l = nn::cross_entropy(tp, logits, ys[k]);
       const auto nb = static_cast<std::int64_t>(ys[k].size());
       loss += static_cast<double>(l.value().to_vector()[0]) * static_cast<double>(nb);

@@ -25,7 +25,12 @@
 #include <vector>
 
 #include "ghnq/arch/params.hpp"
+#include "ghnq/exec/quant_plan.hpp"
+#include "ghnq/exec/quantize.hpp"
 #include "ghnq/ghn/decoder.hpp"
+#include "ghnq/nn/add.hpp"
+#include "ghnq/nn/embedding.hpp"
+#include "ghnq/nn/linear.hpp"
 #include "ghnq/ghn/gated_gnn.hpp"
 #include "ghnq/ghn/shape_encoder.hpp"
 #include "ghnq/ghn/tiling.hpp"
@@ -56,6 +61,41 @@ struct ghn2_config {
   using gnn = ghn::gated_gnn<T, B>;
 };
 
+/// The quantization-aware variant of ghn2_config: a learned bit-width embedding per node (added
+/// before the GNN) and a quant head Linear(H -> 2) giving each quantized conv / linear op the
+/// log-factors of its weight step and input step / clip. Both start at zero, so an untrained
+/// ghn2q predicts exactly as ghn2 with the same weights, and an FP checkpoint's tensors fit it.
+/// Extra parameters: 8 H + 2 H + 2 (1,620,764 + 322 at H = 32).
+template <class Backend_ = backend::cpu_t, class T_ = float, int tHidden = 32, int tClasses = 10>
+struct ghn2q_config : ghn2_config<Backend_, T_, tHidden, tClasses> {
+  static constexpr bool kQuantAware = true;
+};
+
+namespace ghn {
+/// Rows of the bit-width embedding: float, 1, 2, 3, 4, 5-7, 8, 9-16 bits.
+inline constexpr std::int64_t kBitLevels = 8;
+/// Embedding rows of node bit-widths (32 or 0: float).
+inline std::vector<std::int64_t> bit_levels(const std::vector<int>& bits) {
+  std::vector<std::int64_t> out(bits.size());
+  for (std::size_t i = 0; i < bits.size(); ++i) {
+    const int b = bits[i];
+    out[i] = (b <= 0 || b >= 32) ? 0 : b <= 4 ? b : b < 8 ? 5 : b == 8 ? 6 : 7;
+  }
+  return out;
+}
+template <class C, class = void>
+struct is_quant_aware : std::false_type {};
+template <class C>
+struct is_quant_aware<C, std::void_t<decltype(C::kQuantAware)>> : std::bool_constant<C::kQuantAware> {};
+}  // namespace ghn
+
+/// Output of hypernet::predict_quant: parameter sets and quantizer log-factors per network.
+template <class T, class B>
+struct quant_prediction {
+  std::vector<std::vector<autograd::var<T, B>>> params;
+  std::vector<exec::quant_factors<T, B>> factors;
+};
+
 template <class Config>
 class hypernet {
  public:
@@ -66,6 +106,8 @@ class hypernet {
   using tape_t = autograd::tape<T, B>;
   using gnn_t = typename Config::template gnn<T, B>;
   static constexpr int kHidden = Config::kHidden;
+  /// True for quantization-aware configurations (ghn2q_config).
+  static constexpr bool quant_aware = ghn::is_quant_aware<Config>::value;
 
   explicit hypernet(rng& g)
       : ms_{Config::kMaxOut, Config::kMaxIn, Config::kMaxSpatial},
@@ -77,6 +119,11 @@ class hypernet {
     if constexpr (Config::kLayerNorm) {
       ln_w_ = autograd::parameter(tensor<T, B>::full({kHidden}, T(1)), "ln.weight");
       ln_b_ = autograd::parameter(tensor<T, B>::zeros({kHidden}), "ln.bias");
+    }
+    if constexpr (quant_aware) {  // zero-initialized: a new quantization-aware GHN predicts as its float twin
+      bit_emb_ = autograd::parameter(tensor<T, B>::zeros({ghn::kBitLevels, kHidden}), "quant.bit_embedding");
+      qhead_w_ = autograd::parameter(tensor<T, B>::zeros({2, kHidden}), "quant.head.weight");
+      qhead_b_ = autograd::parameter(tensor<T, B>::zeros({2}), "quant.head.bias");
     }
   }
 
@@ -90,6 +137,7 @@ class hypernet {
     add(dec_.parameters());
     add(d1_.parameters());
     add(bc_.parameters());
+    if constexpr (quant_aware) add({bit_emb_, qhead_w_, qhead_b_});
     return ps;
   }
   std::int64_t num_params() const {
@@ -102,8 +150,15 @@ class hypernet {
   static graph::computational_graph graph_of(const arch::network& net) { return graph::build(net, Config::kSMax); }
 
   /// Node embeddings after encoder, GNN and LayerNorm: [batch.total_nodes(), H].
-  var_t embed(tape_t& tp, const graph::graph_batch& batch) const {
-    auto h = gnn_.forward(tp, enc_.forward(tp, batch), batch);
+  /// `node_bits` (quantization-aware configurations only, one entry per node of the batch): the
+  /// bit-width each node's tensor is quantized to (32: float), added as a learned bit-width embedding
+  /// before the GNN.
+  var_t embed(tape_t& tp, const graph::graph_batch& batch, const std::vector<int>* node_bits = nullptr) const {
+    auto h0 = enc_.forward(tp, batch);
+    if constexpr (quant_aware) {
+      if (node_bits != nullptr) h0 = nn::add(tp, h0, nn::embedding(tp, bit_emb_, ghn::bit_levels(*node_bits)));
+    }
+    auto h = gnn_.forward(tp, h0, batch);
     if constexpr (Config::kLayerNorm) h = nn::layer_norm(tp, h, ln_w_, ln_b_);
     return h;
   }
@@ -111,9 +166,80 @@ class hypernet {
   /// Predicted parameter sets, one per network of the batch (nets[k] is the network of graph k).
   std::vector<std::vector<var_t>> predict(tape_t& tp, const std::vector<const arch::network*>& nets,
                                           const graph::graph_batch& batch) const {
+    return decode(tp, nets, batch, embed(tp, batch));
+  }
+
+  /// Parameters and quantizer log-factors for networks quantized by `plans` (one plan per network,
+  /// exec::plan_quantization; null: float). The plans' bit-widths enter the node embeddings and
+  /// the quant head gives each conv / linear op log-factors of its weight step and input step /
+  /// clip (exec::quantize.hpp); both exist only in quantization-aware configurations
+  /// (ghn2q_config), otherwise the factors are undefined (factor 1) and the parameters are
+  /// predict()'s.
+  quant_prediction<T, B> predict_quant(tape_t& tp, const std::vector<const arch::network*>& nets,
+                                       const graph::graph_batch& batch,
+                                       const std::vector<std::vector<exec::op_quant>>* plans) const {
+    GHNQ_CHECK(plans == nullptr || plans->size() == nets.size(), value_error, "hypernet::predict_quant: ",
+               plans ? plans->size() : 0, " plans for ", nets.size(), " networks");
+    GHNQ_CHECK(nets.size() == batch.graphs.size(), value_error, "hypernet::predict_quant: ", nets.size(),
+               " networks for ", batch.graphs.size(), " graphs");
+    quant_prediction<T, B> out;
+    out.factors.resize(nets.size());
+    if constexpr (!quant_aware) {
+      out.params = predict(tp, nets, batch);
+      return out;
+    } else {
+      // Bit-width of every node: its op's weight bits for conv / linear weight nodes, else 32.
+      std::vector<int> bits(static_cast<std::size_t>(batch.total_nodes()), 32);
+      std::vector<std::vector<std::int64_t>> rows(nets.size());  // per op: the node row of its weight
+      for (std::size_t k = 0; k < nets.size(); ++k) {
+        const auto& g = *batch.graphs[k];
+        const auto infos = arch::parameters(*nets[k]);
+        rows[k].assign(nets[k]->ops.size(), -1);
+        for (std::size_t v = 0; v < g.nodes.size(); ++v) {
+          const auto& nd = g.nodes[v];
+          if (nd.param < 0 || nd.type == graph::primitive::bias || nd.type == graph::primitive::bn ||
+              nd.type == graph::primitive::ln)
+            continue;
+          const auto& pi = infos[static_cast<std::size_t>(nd.param)];
+          if (pi.role != arch::param_role::weight) continue;
+          const auto op = static_cast<std::size_t>(pi.op);
+          const std::int64_t row = batch.offsets[k] + static_cast<std::int64_t>(v);
+          rows[k][op] = row;
+          if (plans != nullptr && (*plans)[k][op].w_bits > 0) bits[static_cast<std::size_t>(row)] = (*plans)[k][op].w_bits;
+        }
+      }
+      const var_t h = embed(tp, batch, plans != nullptr ? &bits : nullptr);
+      out.params = decode(tp, nets, batch, h);
+      if (plans == nullptr) return out;
+      // Quant head on the weight nodes of quantized ops: [n, 2] = (log f_w, log f_a).
+      std::vector<std::int64_t> idx;
+      std::vector<std::pair<std::size_t, std::size_t>> where;
+      for (std::size_t k = 0; k < nets.size(); ++k) {
+        out.factors[k].weight.assign(nets[k]->ops.size(), var_t());
+        out.factors[k].input.assign(nets[k]->ops.size(), var_t());
+        for (std::size_t op = 0; op < rows[k].size(); ++op)
+          if (rows[k][op] >= 0 && (*plans)[k][op].quantized()) {
+            for (int j = 0; j < kHidden; ++j) idx.push_back(rows[k][op] * kHidden + j);
+            where.emplace_back(k, op);
+          }
+      }
+      if (where.empty()) return out;
+      const auto n = static_cast<std::int64_t>(where.size());
+      const auto f = nn::linear(tp, nn::gather(tp, h, std::move(idx), {n, kHidden}), qhead_w_, qhead_b_);  // [n, 2]
+      for (std::int64_t r = 0; r < n; ++r) {
+        const auto [k, op] = where[static_cast<std::size_t>(r)];
+        out.factors[k].weight[op] = nn::gather(tp, f, {2 * r}, {1});
+        out.factors[k].input[op] = nn::gather(tp, f, {2 * r + 1}, {1});
+      }
+      return out;
+    }
+  }
+
+  /// Decoders, tiling and normalization on given node embeddings `h` (see predict()).
+  std::vector<std::vector<var_t>> decode(tape_t& tp, const std::vector<const arch::network*>& nets,
+                                         const graph::graph_batch& batch, const var_t& h) const {
     GHNQ_CHECK(nets.size() == batch.graphs.size(), value_error, "hypernet::predict: ", nets.size(),
                " networks for ", batch.graphs.size(), " graphs");
-    const var_t h = embed(tp, batch);
     std::vector<std::vector<var_t>> out(nets.size());
     std::vector<std::vector<arch::param_info>> infos(nets.size());
     for (std::size_t k = 0; k < nets.size(); ++k) {
@@ -209,6 +335,7 @@ class hypernet {
   const ghn::max_shape& max_shape() const noexcept { return ms_; }
 
  private:
+  var_t bit_emb_, qhead_w_, qhead_b_;  // quantization-aware configurations only
   ghn::max_shape ms_;
   ghn::shape_encoder<T, B> enc_;
   gnn_t gnn_;

@@ -37,6 +37,7 @@
 #include "ghnq/data/loader.hpp"
 #include "ghnq/exec/executor.hpp"
 #include "ghnq/exec/meta_batch.hpp"
+#include "ghnq/exec/quant_plan.hpp"
 #include "ghnq/ghn/hypernet.hpp"
 #include "ghnq/train/clip.hpp"
 #include "ghnq/train/optimizer.hpp"
@@ -69,6 +70,31 @@ inline schedule_kind parse_schedule(const std::string& s) {
   throw value_error("unknown schedule '" + s + "' (constant, multistep, cosine, warmup-cosine)");
 }
 
+/// How quantization enters GHN training (spec quantization.md, "Training strategies").
+enum class strategy : std::uint8_t {
+  fp,         ///< float training; quantize only at test time (the GHN-Q baseline)
+  qat,        ///< fixed W b / A b fake quantization in the loop (GHN-QAT), `quant` gives b
+  qat_mixed,  ///< b drawn per step from `mixed_bits` (W = A = b), given to the GHN per node
+  noise,      ///< pseudo-quantization noise instead of rounding, at `quant`'s bit-widths
+};
+inline const char* to_string(strategy s) {
+  switch (s) {
+    case strategy::fp: return "fp";
+    case strategy::qat: return "qat";
+    case strategy::qat_mixed: return "qat-mixed";
+    case strategy::noise: return "noise";
+  }
+  return "?";
+}
+/// Parse "fp" | "qat" | "qat-mixed" | "noise" (value_error otherwise).
+inline strategy parse_strategy(const std::string& s) {
+  if (s == "fp") return strategy::fp;
+  if (s == "qat") return strategy::qat;
+  if (s == "qat-mixed" || s == "mixed") return strategy::qat_mixed;
+  if (s == "noise") return strategy::noise;
+  throw value_error("unknown strategy '" + s + "' (fp, qat, qat-mixed, noise)");
+}
+
 /// Options of GHN training. Defaults follow the GHN-2 recipe (§6.1, §10).
 struct train_options {
   std::int64_t steps = 1000;        ///< total optimizer steps (the schedule's horizon)
@@ -89,7 +115,12 @@ struct train_options {
   bool parallel = true;             ///< run the m networks as parallel tasks
   data::normalization norm;         ///< image normalization (see data::fashion_mnist_normalization())
   data::augmentation aug;           ///< training augmentation (off by default)
+  strategy strat = strategy::fp;    ///< quantization in the loop
+  exec::quant_config quant;         ///< bit-widths and quantizers of qat / noise (and qat_mixed's kinds)
+  std::vector<int> mixed_bits = {8, 4, 2};  ///< qat_mixed: the bit-widths drawn from
 };
+
+
 
 /// What one step did.
 struct step_result {
@@ -101,11 +132,31 @@ struct step_result {
   bool skipped = false;        ///< non-finite loss or gradient: no update
   double seconds = 0.0;        ///< wall time of the step
   std::int64_t target_params = 0;  ///< parameters predicted (sum over the m networks)
+  int w_bits = 32, a_bits = 32;    ///< global bit-widths of this step (32: float)
 };
 
 /// Derive an independent 64-bit seed for stream `stream` of step `step`.
 inline std::uint64_t step_seed(std::uint64_t seed, std::uint64_t stream, std::int64_t step) {
   return data::detail::derive_seed(seed, 0x9e3779b9ULL + stream, static_cast<std::uint64_t>(step));
+}
+
+/// The quantization of step `step` under the options' strategy (deterministic in (seed, step)).
+inline exec::quant_config quant_at(const train_options& o, std::int64_t step) {
+  exec::quant_config q = o.quant;
+  switch (o.strat) {
+    case strategy::fp: return exec::quant_config{};
+    case strategy::qat: q.noise = false; return q;
+    case strategy::noise: q.noise = true; return q;
+    case strategy::qat_mixed: {
+      GHNQ_CHECK(!o.mixed_bits.empty(), value_error, "train_options.mixed_bits is empty");
+      rng g(step_seed(o.seed, 3, step));
+      const int b = o.mixed_bits[g.below(o.mixed_bits.size())];
+      q.w_bits = q.a_bits = b;
+      q.noise = false;
+      return q;
+    }
+  }
+  return q;
 }
 
 /// The m architectures of step `step` (deterministic in (opt.seed, step)), built for an input
@@ -236,13 +287,25 @@ class trainer {
     }
     zero_grad();
     autograd::tape<T, B> tp;
-    auto preds = ghn_.predict(tp, np, gb);
+    const exec::quant_config qc = quant_at(opt_, step_);
+    r.w_bits = qc.w_bits;
+    r.a_bits = qc.a_bits;
+    std::vector<std::vector<exec::op_quant>> plans;
+    if (qc.enabled())
+      for (const auto& n : nets) plans.push_back(exec::plan_quantization(n, qc));
+    auto pred = ghn_.predict_quant(tp, np, gb, qc.enabled() ? &plans : nullptr);
+    auto& preds = pred.params;
 
     exec::run_options ro;
     ro.bn = exec::bn_mode::batch_stats;
     ro.dropout = true;
     ro.dropout_seed = step_seed(opt_.seed, 2, step_);
-    const auto res = exec::forward_backward(exp, preds, x, batch_.labels, ro, opt_.label_smoothing, opt_.parallel);
+    if (qc.enabled()) {
+      ro.quant = &qc;
+      ro.noise_seed = step_seed(opt_.seed, 4, step_);
+    }
+    const auto res = exec::forward_backward(exp, preds, x, batch_.labels, ro, opt_.label_smoothing, opt_.parallel,
+                                            qc.enabled() ? &pred.factors : nullptr);
 
     double loss = 0.0;
     std::int64_t correct = 0;
@@ -259,13 +322,17 @@ class trainer {
     }
     // Mean over networks: every predicted tensor belongs to exactly one network.
     const T inv_m = T(1.0 / m);
-    for (auto& ps : preds)
-      for (auto& p : ps)
-        if (p.requires_grad() && p.has_grad()) {
-          auto& g = p.grad();
-          T* d = g.data();
-          for (std::int64_t i = 0, n = g.numel(); i < n; ++i) d[i] *= inv_m;
-        }
+    auto scale = [inv_m](const var_t& p) {
+      if (!p.defined() || !p.requires_grad() || !p.has_grad()) return;
+      T* d = p.grad().data();
+      for (std::int64_t i = 0, n = p.grad().numel(); i < n; ++i) d[i] *= inv_m;
+    };
+    for (const auto& ps : preds)
+      for (const auto& p : ps) scale(p);
+    for (const auto& f : pred.factors) {  // predicted quantizer log-factors (shared vars appear once per op)
+      for (const auto& p : f.weight) scale(p);
+      for (const auto& p : f.input) scale(p);
+    }
     tp.backward_accumulated();
     r.grad_norm = opt_.grad_clip > 0 ? train::clip_grad_norm(params_, opt_.grad_clip) : train::grad_norm(params_);
     if (!std::isfinite(r.grad_norm)) return finish_skipped(r, t0);

@@ -1,0 +1,240 @@
+// ghnq command-line driver: `ghnq experiment qat`, the GHN-QAT study. Included by main.cpp after
+// ghn_commands.hpp.
+//
+// Rows (strategies): random-init GHN, FP (float training, quantized only at test), QAT-b fine-tuned
+// from the FP GHN at fixed W b / A b (GHN-QAT's protocol), QAT-mixed (b drawn per step from
+// {8, 4, 2}), noise (pseudo-quantization noise at 4 bits), and optionally QAT-4 / QAT-2 with LSQ and
+// PACT. Columns: FP32, W8A8, W4A4, W2A2, W4A8, W2A8 (evaluated with the quantizers the row trained
+// with). Cells: mean ± SE, max and min top-1 over unseen test-split architectures, for each BN mode.
+// Outputs DIR/results.csv, DIR/results.jsonl, DIR/accuracy_vs_bits.svg and DIR/<row>/ checkpoints.
+#pragma once
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <vector>
+
+namespace cli {
+
+struct study_row {
+  std::string name;         // "FP", "QAT-4", "QAT-2 (lsq)", ...
+  ghnq::ghn::strategy strat = ghnq::ghn::strategy::fp;
+  int bits = 32;
+  ghnq::exec::weight_quantizer wq = ghnq::exec::weight_quantizer::uniform;
+  ghnq::exec::act_quantizer aq = ghnq::exec::act_quantizer::uniform;
+  bool trained = true;      // false: the random-initialization row
+};
+
+struct study_cell {
+  std::string row, column, bn;
+  ghnq::ghn::eval_summary s;
+};
+
+inline std::string svg_escape(const std::string& s) {
+  std::string o;
+  for (char c : s) o += c == '<' ? std::string("&lt;") : c == '>' ? std::string("&gt;") : c == '&' ? std::string("&amp;") : std::string(1, c);
+  return o;
+}
+
+/// Accuracy versus bit-width (columns FP32 / W8A8 / W4A4 / W2A2) per row, BN mode `bn`.
+inline void write_svg(const std::string& path, const std::vector<study_cell>& cells, const std::vector<study_row>& rows,
+                      const std::string& bn) {
+  const std::vector<std::pair<std::string, int>> xs = {{"FP32", 32}, {"W8A8", 8}, {"W4A4", 4}, {"W2A2", 2}};
+  const double W = 640, H = 400, L = 60, R = 170, T = 30, Bm = 50;
+  auto px = [&](std::size_t i) { return L + (W - L - R) * static_cast<double>(i) / static_cast<double>(xs.size() - 1); };
+  auto py = [&](double acc) { return T + (H - T - Bm) * (1.0 - acc / 100.0); };
+  const char* colors[] = {"#888888", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"};
+  std::string out;
+  char buf[512];
+  std::snprintf(buf, sizeof buf, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" font-family=\"sans-serif\" font-size=\"12\">\n", W, H);
+  out += buf;
+  out += "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
+  std::snprintf(buf, sizeof buf, "<text x=\"%.0f\" y=\"18\">Mean top-1 on unseen architectures vs bit-width (BN %s)</text>\n", L, bn.c_str());
+  out += buf;
+  for (int a = 0; a <= 100; a += 20) {
+    std::snprintf(buf, sizeof buf, "<line x1=\"%.1f\" x2=\"%.1f\" y1=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/><text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%d%%</text>\n",
+                  L, W - R, py(a), py(a), L - 6, py(a) + 4, a);
+    out += buf;
+  }
+  for (std::size_t i = 0; i < xs.size(); ++i) {
+    std::snprintf(buf, sizeof buf, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%s</text>\n", px(i), H - Bm + 20, xs[i].first.c_str());
+    out += buf;
+  }
+  for (std::size_t r = 0; r < rows.size(); ++r) {
+    std::string pts;
+    const char* col = colors[r % 10];
+    for (std::size_t i = 0; i < xs.size(); ++i)
+      for (const auto& c : cells)
+        if (c.row == rows[r].name && c.column == xs[i].first && c.bn == bn && c.s.n > 0) {
+          std::snprintf(buf, sizeof buf, "%.1f,%.1f ", px(i), py(c.s.mean));
+          pts += buf;
+          std::snprintf(buf, sizeof buf, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"%s\"/>\n", px(i), py(c.s.mean), col);
+          out += buf;
+        }
+    if (!pts.empty()) {
+      out += "<polyline fill=\"none\" stroke=\"" + std::string(col) + "\" stroke-width=\"2\" points=\"" + pts + "\"/>\n";
+      std::snprintf(buf, sizeof buf, "<text x=\"%.1f\" y=\"%.1f\" fill=\"%s\">%s</text>\n", W - R + 10, T + 16.0 * static_cast<double>(r + 1), col,
+                    svg_escape(rows[r].name).c_str());
+      out += buf;
+    }
+  }
+  out += "</svg>\n";
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp);
+    if (!f) throw ghnq::io_error(tmp, "cannot open for writing");
+    f << out;
+    if (!f.good()) throw ghnq::io_error(tmp, "write failed");
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) throw ghnq::io_error(path, "cannot replace the file");
+}
+
+const char* kExperimentUsage =
+    "usage: ghnq experiment qat --out DIR [--steps N] [--ft-steps N] [--meta-batch M] [--batch B] [--eval-archs N]\n"
+    "                           [--test-limit N] [--rows fp,qat8,qat4,qat2,qat-mixed,noise,lsq,pact]\n"
+    "                           [--columns FP32,W8A8,W4A4,W2A2,W4A8,W2A8] [--bn batch,fold] [--reduced]\n"
+    "                           [--fixed-width] [--seed S] [--threads T] [--data DIR]\n"
+    "The GHN-QAT study: an FP GHN trained for --steps, QAT rows fine-tuned from it for --ft-steps, every row\n"
+    "evaluated on the same unseen test-split architectures at every column. --reduced: rows fp,qat4,qat2 and\n"
+    "columns FP32,W8A8,W4A4,W2A2 with BN batch statistics only.\n";
+
+inline int experiment_qat(int argc, char** argv) {
+  const args a(argc, argv, {"--reduced", "--fixed-width"}, kExperimentUsage);
+  a.allow({"--out", "--steps", "--ft-steps", "--meta-batch", "--batch", "--eval-archs", "--test-limit", "--rows",
+           "--columns", "--bn", "--reduced", "--fixed-width", "--seed", "--threads", "--data"});
+  const auto limit = threads_from(a);
+  const bool reduced = a.has("--reduced");
+  const std::string dir = a.required("--out");
+  std::filesystem::create_directories(dir);
+  const auto data = load_data("fashion-mnist", a.str("--data"), true);
+  const auto rows_req = split_list(a.str("--rows", reduced ? "fp,qat4,qat2" : "fp,qat8,qat4,qat2,qat-mixed,noise,lsq,pact"));
+  const auto columns = split_list(a.str("--columns", reduced ? "FP32,W8A8,W4A4,W2A2" : "FP32,W8A8,W4A4,W2A2,W4A8,W2A8"));
+  const auto bns = split_list(a.str("--bn", reduced ? "batch" : "batch,fold"));
+  const long long test_limit = a.integer("--test-limit", 0);
+  const auto archs = eval_set("test", static_cast<int>(a.integer("--eval-archs", 100)), 0, data.test);
+
+  ghnq::ghn::train_options base;
+  base.steps = a.integer("--steps", 1000);
+  base.meta_batch = static_cast<int>(a.integer("--meta-batch", 8));
+  base.batch_size = a.integer("--batch", 64);
+  base.schedule = ghnq::ghn::schedule_kind::cosine;
+  base.sample_widths = !a.has("--fixed-width");
+  base.seed = static_cast<std::uint64_t>(a.integer("--seed", 1111));
+  base.norm = data.norm;
+  const std::int64_t ft_steps = a.integer("--ft-steps", std::max<long long>(1, base.steps / 2));
+
+  std::vector<study_row> rows{{"random init", ghnq::ghn::strategy::fp, 32, {}, {}, false}};
+  using WQ = ghnq::exec::weight_quantizer;
+  using AQ = ghnq::exec::act_quantizer;
+  for (const auto& r : rows_req) {
+    if (r == "fp") rows.push_back({"FP", ghnq::ghn::strategy::fp, 32, WQ::uniform, AQ::uniform});
+    else if (r == "qat8") rows.push_back({"QAT-8", ghnq::ghn::strategy::qat, 8, WQ::uniform, AQ::uniform});
+    else if (r == "qat4") rows.push_back({"QAT-4", ghnq::ghn::strategy::qat, 4, WQ::uniform, AQ::uniform});
+    else if (r == "qat2") rows.push_back({"QAT-2", ghnq::ghn::strategy::qat, 2, WQ::uniform, AQ::uniform});
+    else if (r == "qat-mixed") rows.push_back({"QAT-mixed", ghnq::ghn::strategy::qat_mixed, 0, WQ::uniform, AQ::uniform});
+    else if (r == "noise") rows.push_back({"noise-4", ghnq::ghn::strategy::noise, 4, WQ::uniform, AQ::uniform});
+    else if (r == "lsq") {
+      rows.push_back({"QAT-4 (lsq)", ghnq::ghn::strategy::qat, 4, WQ::lsq, AQ::lsq});
+      rows.push_back({"QAT-2 (lsq)", ghnq::ghn::strategy::qat, 2, WQ::lsq, AQ::lsq});
+    } else if (r == "pact") {
+      rows.push_back({"QAT-4 (pact)", ghnq::ghn::strategy::qat, 4, WQ::uniform, AQ::pact});
+      rows.push_back({"QAT-2 (pact)", ghnq::ghn::strategy::qat, 2, WQ::uniform, AQ::pact});
+    } else {
+      throw ghnq::value_error("--rows: unknown row '" + r + "' (fp, qat8, qat4, qat2, qat-mixed, noise, lsq, pact)");
+    }
+  }
+  const bool need_fp = rows.size() > 1;
+  std::printf("ghnq %s | experiment qat: %zu rows x %zu columns x %zu BN modes | FP %lld steps, fine-tuning %lld steps, "
+              "m=%d | %zu unseen architectures, %lld test images | %d threads\n",
+              ghnq::version_string, rows.size(), columns.size(), bns.size(), static_cast<long long>(base.steps),
+              static_cast<long long>(ft_steps), base.meta_batch, archs.size(),
+              static_cast<long long>(data.test.head(test_limit).size()), ghnq::max_threads());
+  std::fflush(stdout);
+  const auto t_start = std::chrono::steady_clock::now();
+  std::vector<study_cell> cells;
+  ghnq::ghn::detail::jsonl_log log(dir + "/results.jsonl");
+  const std::string fp_ckpt = dir + "/FP/ghn.safetensors";
+  for (const auto& row : rows) {
+    ghnq::rng g(base.seed);
+    ghn_t ghn(g);
+    std::string row_dir = dir + "/" + row.name;
+    for (auto& c : row_dir)
+      if (c == ' ' || c == '(' || c == ')') c = '_';
+    if (row.trained) {
+      std::filesystem::create_directories(row_dir);
+      auto o = base;
+      o.strat = row.strat;
+      o.quant.w_bits = o.quant.a_bits = row.bits > 0 ? row.bits : 4;
+      o.quant.wq = row.wq;
+      o.quant.aq = row.aq;
+      const bool from_fp = row.strat != ghnq::ghn::strategy::fp;
+      if (from_fp) {
+        ghnq::ghn::load_checkpoint(fp_ckpt, ghn);
+        o.steps = ft_steps;
+        o.lr = base.lr * 0.5;  // fine-tuning
+      }
+      std::printf("== %s: %s%lld steps\n", row.name.c_str(), from_fp ? "fine-tuning the FP GHN, " : "",
+                  static_cast<long long>(o.steps));
+      std::fflush(stdout);
+      ghnq::ghn::trainer<config> tr(ghn, data.train, o);
+      ghnq::ghn::fit_options fo;
+      fo.log_path = row_dir + "/train.jsonl";
+      fo.checkpoint_path = row.strat == ghnq::ghn::strategy::fp ? fp_ckpt : row_dir + "/ghn.safetensors";
+      ghnq::ghn::fit(tr, fo);
+    } else if (need_fp) {
+      std::printf("== %s\n", row.name.c_str());
+    }
+    for (const auto& bn : bns) {
+      for (const auto& col : columns) {
+        ghnq::exec::quant_config q;
+        q.wq = row.wq;
+        q.aq = row.aq;
+        q = ghnq::exec::parse_quant_name(col, q);
+        const auto rs = run_eval(ghn, archs, data.test, data.norm, test_limit, row.name + " | " + col + " | BN " + bn,
+                                 "", "", q, bn == "fold" ? &data.train : nullptr, 8);
+        study_cell c{row.name, col, bn, ghnq::ghn::summarize(rs, "test")};
+        log.write({{"row", c.row}, {"column", c.column}, {"bn", c.bn}, {"n", c.s.n}, {"mean", c.s.mean},
+                   {"se", c.s.se}, {"max", c.s.max}, {"min", c.s.min}});
+        cells.push_back(c);
+      }
+    }
+  }
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  // Table, CSV, plot.
+  std::string csv = "row,column,bn,n,mean,se,max,min\n";
+  char line[256];
+  for (const auto& c : cells) {
+    std::snprintf(line, sizeof line, "%s,%s,%s,%zu,%.3f,%.3f,%.3f,%.3f\n", c.row.c_str(), c.column.c_str(), c.bn.c_str(),
+                  c.s.n, c.s.mean, c.s.se, c.s.max, c.s.min);
+    csv += line;
+  }
+  {
+    const std::string tmp = dir + "/results.csv.tmp";
+    std::ofstream f(tmp);
+    f << csv;
+    if (!f.good()) throw ghnq::io_error(tmp, "write failed");
+    f.close();
+    std::filesystem::rename(tmp, dir + "/results.csv");
+  }
+  for (const auto& bn : bns) {
+    std::printf("\nmean top-1 %% ± SE (max) over %zu unseen architectures, BN %s\n%-14s", archs.size(), bn.c_str(), "row");
+    for (const auto& col : columns) std::printf(" %20s", col.c_str());
+    std::printf("\n");
+    for (const auto& r : rows) {
+      std::printf("%-14s", r.name.c_str());
+      for (const auto& col : columns)
+        for (const auto& c : cells)
+          if (c.row == r.name && c.column == col && c.bn == bn) {
+            std::snprintf(line, sizeof line, "%.1f±%.1f (%.1f)", c.s.mean, c.s.se, c.s.max);
+            std::printf(" %20s", line);
+          }
+      std::printf("\n");
+    }
+    write_svg(dir + "/accuracy_vs_bits" + (bn == "batch" ? std::string() : "_" + bn) + ".svg", cells, rows, bn);
+  }
+  std::printf("\nstudy finished in %.1f min -> %s/results.csv, results.jsonl, accuracy_vs_bits*.svg\n", secs / 60.0,
+              dir.c_str());
+  return 0;
+}
+
+}  // namespace cli
