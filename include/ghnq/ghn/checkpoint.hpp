@@ -194,7 +194,6 @@ inline train_options train_options_from_json(const nlohmann::json& j, const std:
 template <class Config>
 void save_checkpoint(const std::string& path, const hypernet<Config>& ghn, const trainer<Config>* tr = nullptr,
                      const std::map<std::string, std::string>& extra = {}) {
-  using T = typename Config::scalar;
   io::safetensors_writer w;
   w.set_metadata("format", kCheckpointFormat);
   w.set_metadata("ghnq_version", version_string);
@@ -221,7 +220,6 @@ void save_checkpoint(const std::string& path, const hypernet<Config>& ghn, const
                "' clashes with a checkpoint field");
     w.set_metadata(k, v);
   }
-  static_cast<void>(sizeof(T));
   w.save(path);
 }
 

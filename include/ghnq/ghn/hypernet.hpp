@@ -11,14 +11,18 @@
 ///    Parameters whose op has no graph node (ops that cannot reach the output) get zeros and no
 ///    gradient: the executor skips those ops.
 ///  - With a recording tape, gradients flow from the predicted tensors into every GHN parameter.
-///  - Decoder calls are batched: all conv/linear weights with the same kernel size in one
-///    ConvDecoder call, all 1-D parameters in one decoder_1d call, across the whole batch.
+///  - Decoder calls are batched across the whole batch: all conv/linear weights in one
+///    ConvDecoder fast-path call (conv_decoder::forward_blocks: only the block channels and window
+///    each target uses), all 1-D parameters in one decoder_1d call. `predict_reference` computes
+///    the same values the straightforward way (full decoder blocks, tile_to, normalize_fan_in).
+///  - Without a recording tape (no_grad) nothing is recorded: no backward closures, no saved values.
 /// \code
 /// ghnq::rng g(0);
 /// ghnq::hypernet<ghnq::ghn2_config<>> ghn(g);
 /// auto params = ghn.predict(tp, net);          // one var per parameter of net
 /// \endcode
 #pragma once
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <utility>
@@ -37,6 +41,8 @@
 #include "ghnq/graph/batch.hpp"
 #include "ghnq/graph/build.hpp"
 #include "ghnq/nn/gather.hpp"
+#include "ghnq/nn/activation.hpp"
+#include "ghnq/nn/affine.hpp"
 #include "ghnq/nn/layer_norm.hpp"
 
 namespace ghnq {
@@ -164,6 +170,13 @@ class hypernet {
   }
 
   /// Predicted parameter sets, one per network of the batch (nets[k] is the network of graph k).
+  ///
+  /// Fast path (equal to `predict_reference` up to float rounding, gradients included): all conv /
+  /// linear weights are decoded by one conv_decoder::forward_blocks call, which computes only the
+  /// window and block channels each target uses (one conv2 GEMM per distinct needed block size); every
+  /// predicted tensor is then read from its node's contiguous block by one multi-output
+  /// nn::gather_tiles per block with the fan-in scale folded in; the 1-D squashings (2 sigmoid(p / 2), tanh(p / 5)) are applied once to the whole
+  /// decoder_1d / bias_class output before tiling (elementwise maps commute with gathers).
   std::vector<std::vector<var_t>> predict(tape_t& tp, const std::vector<const arch::network*>& nets,
                                           const graph::graph_batch& batch) const {
     return decode(tp, nets, batch, embed(tp, batch));
@@ -240,6 +253,163 @@ class hypernet {
                                          const graph::graph_batch& batch, const var_t& h) const {
     GHNQ_CHECK(nets.size() == batch.graphs.size(), value_error, "hypernet::predict: ", nets.size(),
                " networks for ", batch.graphs.size(), " graphs");
+    std::vector<std::vector<var_t>> out(nets.size());
+    std::vector<std::vector<arch::param_info>> infos(nets.size());
+    for (std::size_t k = 0; k < nets.size(); ++k) {
+      infos[k] = arch::parameters(*nets[k]);
+      out[k].resize(infos[k].size());
+    }
+    struct item {
+      std::size_t net;
+      int param, bias_param;    // bias_param: BN bias predicted from the same node (or -1)
+      std::int64_t row;         // global node index
+      std::int64_t bo = 0, bi = 0;  // needed block rows / columns (conv and classifier weights)
+    };
+    const std::int64_t m0 = ms_.out, m1 = ms_.in;
+    std::vector<item> conv, cls_w, one_d, cls_b;
+    for (std::size_t k = 0; k < nets.size(); ++k) {
+      const auto& g = *batch.graphs[k];
+      std::vector<int> bias_of_op(nets[k]->ops.size(), -1);
+      for (std::size_t p = 0; p < infos[k].size(); ++p)
+        if (infos[k][p].role == arch::param_role::bias) bias_of_op[static_cast<std::size_t>(infos[k][p].op)] = static_cast<int>(p);
+      for (std::size_t v = 0; v < g.nodes.size(); ++v) {
+        const auto& nd = g.nodes[v];
+        if (nd.param < 0) continue;
+        const std::int64_t row = batch.offsets[k] + static_cast<std::int64_t>(v);
+        const auto& pi = infos[k][static_cast<std::size_t>(nd.param)];
+        const auto& sz = pi.shape;
+        if (nd.type == graph::primitive::bn || nd.type == graph::primitive::ln) {
+          one_d.push_back({k, nd.param, bias_of_op[static_cast<std::size_t>(pi.op)], row});
+        } else if (nd.type == graph::primitive::bias) {
+          (nd.is_last_bias ? cls_b : one_d).push_back({k, nd.param, -1, row});
+        } else {
+          GHNQ_CHECK(sz.rank() >= 2 && sz.rank() <= 4, value_error, "hypernet::predict: weight '", pi.name,
+                     "' of shape ", sz, " must have rank 2..4");
+          const std::int64_t bi = std::min(sz[1], m1);
+          if (nd.is_last_weight && sz.rank() == 2) cls_w.push_back({k, nd.param, -1, row, m0, bi});
+          else conv.push_back({k, nd.param, -1, row, std::min(sz[0], m0), bi});
+        }
+      }
+    }
+    auto rows_of = [&](const std::vector<item>& items) {
+      std::vector<std::int64_t> idx;
+      idx.reserve(items.size() * kHidden);
+      for (const auto& it : items)
+        for (int j = 0; j < kHidden; ++j) idx.push_back(it.row * kHidden + j);
+      return nn::gather(tp, h, std::move(idx), {static_cast<std::int64_t>(items.size()), kHidden});
+    };
+    auto target_of = [&](const item& it, int param) -> const ghnq::shape& {
+      return infos[it.net][static_cast<std::size_t>(param)].shape;
+    };
+    auto weight_scale = [](const ghnq::shape& sz) { return Config::kWeightNorm ? ghn::fan_in_scale(sz) : 1.0; };
+    // Tiles read from one source; assigns the outputs.
+    auto place = [&](const var_t& src, const std::vector<nn::tile_spec>& specs,
+                     const std::vector<std::pair<const item*, int>>& dst) {
+      if (specs.empty()) return;
+      auto ws = nn::gather_tiles(tp, src, specs);
+      for (std::size_t t = 0; t < ws.size(); ++t) out[dst[t].first->net][static_cast<std::size_t>(dst[t].second)] = ws[t];
+    };
+    using dec_t = ghn::conv_decoder<T, B>;
+    // Conv / linear weights: one fast-path call; every node reads its window of its block.
+    if (!conv.empty()) {
+      std::vector<typename dec_t::block_request> req;
+      req.reserve(conv.size());
+      for (const auto& it : conv) {
+        const auto& sz = target_of(it, it.param);
+        req.push_back({sz.rank() == 4 ? sz[2] : 1, sz.rank() == 4 ? sz[3] : 1, it.bo, it.bi});
+      }
+      const auto bs = dec_.forward_blocks(tp, rows_of(conv), req);
+      std::vector<std::vector<nn::tile_spec>> specs(bs.blocks.size());
+      std::vector<std::vector<std::pair<const item*, int>>> dst(bs.blocks.size());
+      for (std::size_t n = 0; n < conv.size(); ++n) {
+        const std::size_t b = bs.part[n];
+        const std::int64_t bo = bs.out[b], bi = bs.in[b], hh = bs.hh[n], ww = bs.ww[n], p = hh * ww;
+        const auto& sz = target_of(conv[n], conv[n].param);
+        // the node's block [bo, bi, hh, ww] is contiguous from bo * bi * row on
+        specs[b].push_back({sz, bo * bi * bs.row[n], {{bo, bi, hh, ww}}, {{bi * p, p, ww, 1}}, weight_scale(sz)});
+        dst[b].emplace_back(&conv[n], conv[n].param);
+      }
+      for (std::size_t b = 0; b < bs.blocks.size(); ++b) place(bs.blocks[b], specs[b], dst[b]);
+    }
+    // Classifier weights: all M0 block rows feed the head; columns as needed.
+    if (!cls_w.empty()) {
+      std::vector<typename dec_t::block_request> req;
+      for (const auto& it : cls_w) req.push_back({1, 1, it.bo, it.bi});
+      const auto bs = dec_.forward_blocks(tp, rows_of(cls_w), req);
+      const std::int64_t nc = Config::kClasses;
+      for (std::size_t b = 0; b < bs.blocks.size(); ++b) {
+        const std::int64_t bi = bs.in[b];
+        const auto z = dec_.classify_rows(tp, bs.blocks[b], bi);  // [rows * bi, nc], row r * bi + i
+        std::vector<nn::tile_spec> specs;
+        std::vector<std::pair<const item*, int>> dst;
+        for (std::size_t n = 0; n < cls_w.size(); ++n) {
+          if (bs.part[n] != b) continue;
+          const auto& sz = target_of(cls_w[n], cls_w[n].param);
+          specs.push_back({sz, bs.row[n] * bi * nc, {{nc, bi, 1, 1}}, {{1, nc, 0, 0}}, weight_scale(sz)});
+          dst.emplace_back(&cls_w[n], cls_w[n].param);
+        }
+        place(z, specs, dst);
+      }
+    }
+    // 1-D parameters: row 0 of decoder_1d -> norm weights, row 1 -> biases.
+    if (!one_d.empty()) {
+      const auto Y = d1_.forward(tp, rows_of(one_d));  // [N, 2, Mc]
+      const std::int64_t mc = Y.shape()[2];
+      var_t s0 = Y, s1 = Y;
+      if constexpr (Config::kWeightNorm) {
+        s0 = nn::affine(tp, nn::sigmoid(tp, nn::affine(tp, Y, 0.5)), 2.0);
+        s1 = nn::tanh(tp, nn::affine(tp, Y, 0.2));
+      }
+      std::vector<nn::tile_spec> spec0, spec1;
+      std::vector<std::pair<const item*, int>> dst0, dst1;
+      auto add = [&](const item& it, int param, std::int64_t n, int r) {
+        const auto& sz = target_of(it, param);
+        GHNQ_CHECK(sz.rank() == 1, value_error, "hypernet::predict: 1-D parameter '",
+                   infos[it.net][static_cast<std::size_t>(param)].name, "' has shape ", sz);
+        (r == 0 ? spec0 : spec1).push_back({sz, (2 * n + r) * mc, {{mc, 1, 1, 1}}, {{1, 0, 0, 0}}, 1.0});
+        (r == 0 ? dst0 : dst1).emplace_back(&it, param);
+      };
+      for (std::size_t n = 0; n < one_d.size(); ++n) {
+        const auto& it = one_d[n];
+        const auto i = static_cast<std::int64_t>(n);
+        if (infos[it.net][static_cast<std::size_t>(it.param)].role == arch::param_role::weight) {
+          add(it, it.param, i, 0);
+          if (it.bias_param >= 0) add(it, it.bias_param, i, 1);
+        } else {
+          add(it, it.param, i, 1);
+        }
+      }
+      place(s0, spec0, dst0);
+      place(s1, spec1, dst1);
+    }
+    if (!cls_b.empty()) {
+      auto Bc = bc_.forward(tp, d1_.forward(tp, rows_of(cls_b)));  // [N, nc]
+      if constexpr (Config::kWeightNorm) Bc = nn::tanh(tp, nn::affine(tp, Bc, 0.2));
+      const std::int64_t nc = Bc.shape()[1];
+      std::vector<nn::tile_spec> specs;
+      std::vector<std::pair<const item*, int>> dst;
+      for (std::size_t n = 0; n < cls_b.size(); ++n) {
+        const auto& sz = target_of(cls_b[n], cls_b[n].param);
+        GHNQ_CHECK(sz.rank() == 1, value_error, "hypernet::predict: classifier bias of shape ", sz);
+        specs.push_back({sz, static_cast<std::int64_t>(n) * nc, {{nc, 1, 1, 1}}, {{1, 0, 0, 0}}, 1.0});
+        dst.emplace_back(&cls_b[n], cls_b[n].param);
+      }
+      place(Bc, specs, dst);
+    }
+    for (std::size_t k = 0; k < nets.size(); ++k)  // parameters of ops without a graph node
+      for (std::size_t p = 0; p < out[k].size(); ++p)
+        if (!out[k][p].defined()) out[k][p] = var_t(tensor<T, B>::zeros(infos[k][p].shape), false);
+    return out;
+  }
+
+  /// The same predictions computed the straightforward way: full (M0, M1, h', w') decoder blocks
+  /// (conv_decoder::forward / classify), then tile_to and normalize_fan_in per parameter. The
+  /// documented slow reference of `predict` (equal up to float rounding, gradients included).
+  std::vector<std::vector<var_t>> predict_reference(tape_t& tp, const std::vector<const arch::network*>& nets,
+                                          const graph::graph_batch& batch) const {
+    GHNQ_CHECK(nets.size() == batch.graphs.size(), value_error, "hypernet::predict_reference: ", nets.size(),
+               " networks for ", batch.graphs.size(), " graphs");
+    const var_t h = embed(tp, batch);
     std::vector<std::vector<var_t>> out(nets.size());
     std::vector<std::vector<arch::param_info>> infos(nets.size());
     for (std::size_t k = 0; k < nets.size(); ++k) {
@@ -330,6 +500,12 @@ class hypernet {
     graph::graph_batch batch;
     batch.add(graph_of(net));
     return predict(tp, {&net}, batch)[0];
+  }
+  /// `predict_reference` of one network.
+  std::vector<var_t> predict_reference(tape_t& tp, const arch::network& net) const {
+    graph::graph_batch batch;
+    batch.add(graph_of(net));
+    return predict_reference(tp, {&net}, batch)[0];
   }
 
   const ghn::max_shape& max_shape() const noexcept { return ms_; }
