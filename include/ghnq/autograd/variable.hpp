@@ -55,6 +55,14 @@ class var {
     if (!n_->grad.defined()) n_->grad = tensor_type::zeros(n_->value.shape());
     return n_->grad;
   }
+  /// Gradient buffer for a backward closure that writes every element of it: when no buffer
+  /// exists yet, an uninitialized one is created and `overwrite` is set (the closure writes, so no
+  /// zeroing pass is spent); otherwise the existing buffer is returned and the closure must add.
+  tensor_type& grad_for_write(bool& overwrite) const {
+    overwrite = !n_->grad.defined();
+    if (overwrite) n_->grad = tensor_type(n_->value.shape());
+    return n_->grad;
+  }
   /// Zero the gradient (keeps the buffer).
   void zero_grad() const {
     if (n_->grad.defined()) n_->grad.set_zero();

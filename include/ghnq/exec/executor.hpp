@@ -26,6 +26,7 @@
 #include "ghnq/exec/quantize.hpp"
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -79,23 +80,13 @@ class executor {
       auto& slot = params_[i].role == arch::param_role::weight ? weight_ : bias_;
       slot[static_cast<std::size_t>(params_[i].op)] = static_cast<int>(i);
     }
-    // Ops that cannot reach the output (e.g. modules fed only by "none" edges) are skipped.
-    live_.assign(net_.ops.size(), false);
-    live_[static_cast<std::size_t>(net_.output)] = true;
-    for (std::size_t i = net_.ops.size(); i-- > 0;)
-      if (live_[i])
-        for (int in : net_.ops[i].inputs) live_[static_cast<std::size_t>(in)] = true;
-    last_use_.assign(net_.ops.size(), -1);
     bn_index_.assign(net_.ops.size(), -1);
-    for (std::size_t i = 0; i < net_.ops.size(); ++i) {
-      if (live_[i])
-        for (int in : net_.ops[i].inputs) last_use_[static_cast<std::size_t>(in)] = static_cast<int>(i);
+    for (std::size_t i = 0; i < net_.ops.size(); ++i)
       if (net_.ops[i].type == arch::op_type::batch_norm) {
         bn_index_[i] = static_cast<int>(bn_.size());
         bn_.push_back(nn::batch_norm_state<T, Backend>::init(net_.ops[i].c));
       }
-    }
-    last_use_[static_cast<std::size_t>(net_.output)] = static_cast<int>(net_.ops.size());
+    plan();
   }
 
   const arch::network& network() const noexcept { return net_; }
@@ -168,12 +159,17 @@ class executor {
     std::vector<var_t> v(net_.ops.size());
     for (std::size_t i = 0; i < net_.ops.size(); ++i) {
       if (!live_[i]) continue;
-      if (!pass_.folded_into.empty() && pass_.folded_into[i] >= 0) v[i] = v[static_cast<std::size_t>(net_.ops[i].inputs[0])];
-      else v[i] = run_op(tp, i, x, v, ps, opt, drop);  // (a folded BN is the identity)
-      for (int in : net_.ops[i].inputs)  // release values nobody reads any more
+      const int fused = fused_relu_[i];
+      if (!pass_.folded_into.empty() && pass_.folded_into[i] >= 0) {  // BN folded into its conv: identity
+        const var_t& in = v[static_cast<std::size_t>(inputs_[i][0])];
+        if (fused >= 0) v[static_cast<std::size_t>(fused)] = nn::relu(tp, in);
+        else v[i] = in;
+      } else if (fused >= 0) v[static_cast<std::size_t>(fused)] = run_batch_norm(tp, i, v, ps, opt, true);
+      else if (!produced_early_[i]) v[i] = run_op(tp, i, x, v, ps, opt, drop);
+      for (int in : inputs_[i])  // release values nobody reads any more
         if (last_use_[static_cast<std::size_t>(in)] == static_cast<int>(i)) v[static_cast<std::size_t>(in)] = var_t();
     }
-    return v[static_cast<std::size_t>(net_.output)];
+    return v[static_cast<std::size_t>(canon_[static_cast<std::size_t>(net_.output)])];
   }
 
   /// Calibrate-then-use: reset the running statistics and set them to the cumulative average of
@@ -240,14 +236,14 @@ class executor {
     std::vector<int> readers(n, 0);
     for (std::size_t i = 0; i < n; ++i)
       if (live_[i])
-        for (int in : net_.ops[i].inputs) ++readers[static_cast<std::size_t>(in)];
+        for (int in : inputs_[i]) ++readers[static_cast<std::size_t>(in)];
     pass_.folded_into.assign(n, -1);
     pass_.folded_w.assign(n, var_t());
     pass_.folded_b.assign(n, var_t());
     constexpr double eps = nn::batch_norm_options{}.eps;
     for (std::size_t j = 0; j < n; ++j) {
       if (!live_[j] || net_.ops[j].type != arch::op_type::batch_norm) continue;
-      const auto c = static_cast<std::size_t>(net_.ops[j].inputs[0]);
+      const auto c = static_cast<std::size_t>(inputs_[j][0]);
       if (net_.ops[c].type != arch::op_type::conv || readers[c] != 1) continue;
       const auto& st = bn_[static_cast<std::size_t>(bn_index_[j])];
       const auto w = to_backend<backend::cpu_t>(param(ps, weight_, c).value().contiguous());
@@ -278,10 +274,132 @@ class executor {
     return k < 0 ? var_t() : ps[static_cast<std::size_t>(k)];
   }
 
+  /// Execution plan (performance only; results equal running every op of the IR as written):
+  ///  - a ReLU of a value that an earlier ReLU already rectifies reuses that ReLU's output
+  ///    (canon_: the op whose value stands for op i; readers read through it);
+  ///  - a batch norm whose only reader is a ReLU is computed together with it (fused_relu_[b] =
+  ///    the ReLU, computed at the batch norm's step; produced_early_ marks that ReLU), so the
+  ///    normalized value is never stored and the ReLU's backward folds into the batch norm's;
+  ///  - ops that cannot reach the output are skipped (e.g. modules fed only by "none" edges);
+  ///  - every value is released after its last reader (last_use_).
+  void plan() {
+    const std::size_t n = net_.ops.size();
+    using arch::op_type;
+    canon_.resize(n);
+    inputs_.assign(n, {});
+    std::vector<int> relu_of(n, -1);  // canonical value -> the first ReLU of it
+    for (std::size_t i = 0; i < n; ++i) {
+      canon_[i] = static_cast<int>(i);
+      for (int in : net_.ops[i].inputs) inputs_[i].push_back(canon_[static_cast<std::size_t>(in)]);
+      if (net_.ops[i].type == op_type::relu && inputs_[i].size() == 1) {
+        int& first = relu_of[static_cast<std::size_t>(inputs_[i][0])];
+        if (first >= 0) canon_[i] = first;
+        else first = static_cast<int>(i);
+      }
+    }
+    const std::size_t out = static_cast<std::size_t>(canon_[static_cast<std::size_t>(net_.output)]);
+    live_.assign(n, false);
+    live_[out] = true;
+    for (std::size_t i = n; i-- > 0;)
+      if (live_[i] && canon_[i] == static_cast<int>(i))
+        for (int in : inputs_[i]) live_[static_cast<std::size_t>(in)] = true;
+    for (std::size_t i = 0; i < n; ++i)
+      if (canon_[i] != static_cast<int>(i)) live_[i] = false;  // stands for an earlier op
+    // readers of every value among the ops that run
+    std::vector<int> readers(n, 0), reader(n, -1);
+    for (std::size_t i = 0; i < n; ++i)
+      if (live_[i])
+        for (int in : inputs_[i]) {
+          ++readers[static_cast<std::size_t>(in)];
+          reader[static_cast<std::size_t>(in)] = static_cast<int>(i);
+        }
+    fused_relu_.assign(n, -1);
+    produced_early_.assign(n, false);
+    if constexpr (std::is_same_v<Backend, backend::cpu_t>) {
+      for (std::size_t b = 0; b < n; ++b) {
+        if (!live_[b] || net_.ops[b].type != op_type::batch_norm || b == out || readers[b] != 1) continue;
+        const int r = reader[b];
+        if (net_.ops[static_cast<std::size_t>(r)].type != op_type::relu) continue;
+        fused_relu_[b] = r;
+        produced_early_[static_cast<std::size_t>(r)] = true;
+      }
+    }
+    last_use_.assign(n, -1);
+    for (std::size_t i = 0; i < n; ++i)
+      if (live_[i])
+        for (int in : inputs_[i]) last_use_[static_cast<std::size_t>(in)] = static_cast<int>(i);
+    last_use_[out] = static_cast<int>(n);
+  }
+
+  /// Batch norm of op i (GHN-2's modes, as nn::batch_norm2d), followed by a ReLU when `relu`:
+  /// statistics and normalization in one sweep per channel, and one backward for both.
+  var_t run_batch_norm(tape_t& tp, std::size_t i, const std::vector<var_t>& v, const std::vector<var_t>& ps,
+                       const run_options& opt, bool relu) {
+    const arch::op& o = net_.ops[i];
+    const var_t& x = v[static_cast<std::size_t>(inputs_[i][0])];
+    const var_t gamma = param(ps, weight_, i), beta = param(ps, bias_, i);
+    auto* state = &bn_[static_cast<std::size_t>(bn_index_[i])];
+    const bool batch_stats = opt.bn == bn_mode::batch_stats;
+    if constexpr (!std::is_same_v<Backend, backend::cpu_t>) {
+      nn::batch_norm_options bo;
+      bo.training = batch_stats;
+      bo.update_running = opt.update_running_stats;
+      bo.momentum = opt.bn_momentum;
+      auto y = nn::batch_norm2d(tp, x, gamma, beta, state, bo);
+      return relu ? nn::relu(tp, y) : y;
+    } else {
+      const auto& xs = x.shape();
+      const int rank = xs.rank();
+      GHNQ_CHECK(x.value().is_contiguous() && (rank == 2 || rank == 4) && xs[1] == o.c, shape_error, "executor",
+                 where(), ": batch norm op ", i, " (", o.name, ") got input ", xs);
+      GHNQ_CHECK((!gamma.defined() || gamma.value().is_contiguous()) && (!beta.defined() || beta.value().is_contiguous()),
+                 shape_error, "executor", where(), ": batch norm op ", i, " (", o.name, ") parameters must be contiguous");
+      GHNQ_CHECK(opt.bn_momentum >= 0.0 && opt.bn_momentum <= 1.0, value_error, "executor", where(),
+                 ": bn_momentum must be in [0, 1], got ", opt.bn_momentum);
+      const std::int64_t n = xs[0], c = xs[1], s = rank == 4 ? xs[2] * xs[3] : 1;
+      using K = backend::impl<Backend, backend::op::batch_norm>;
+      constexpr double eps = nn::batch_norm_options{}.eps;
+      tensor_t mean({c}), invstd({c}), y(xs);
+      const T* g = gamma.defined() ? gamma.value().data() : nullptr;
+      const T* b = beta.defined() ? beta.value().data() : nullptr;
+      if (batch_stats) {
+        GHNQ_CHECK(n * s > 1, value_error, "executor", where(), ": batch norm op ", i, " (", o.name,
+                   ") needs more than one value per channel with batch statistics, got input ", xs);
+        tensor_t var_b({c});
+        K::forward_batch(x.value().data(), n, c, s, eps, g, b, relu, y.data(), mean.data(), var_b.data(),
+                         invstd.data());
+        if (opt.update_running_stats) {
+          K::update_running(c, n * s, opt.bn_momentum, mean.data(), var_b.data(), state->running_mean.data(),
+                            state->running_var.data());
+          ++state->num_batches_tracked;
+        }
+      } else {
+        mean = state->running_mean.clone();  // constants of this pass, even if the state changes later
+        K::invstd_of(state->running_var.data(), c, eps, invstd.data());
+        K::normalize_act(x.value().data(), n, c, s, mean.data(), invstd.data(), g, b, relu, y.data());
+      }
+      const bool tracked = tp.needs(x, gamma, beta);
+      auto out = tp.make_output(y, tracked);
+      if (tracked) {
+        tp.record([x, gamma, beta, out, mean, invstd, n, c, s, batch_stats, relu]() {
+          if (!out.has_grad()) return;
+          bool first = false;
+          if (x.requires_grad()) x.grad_for_write(first);
+          K::backward_masked(x.value().data(), relu ? out.value().data() : nullptr, out.grad().data(), n, c, s,
+                             mean.data(), invstd.data(), gamma.defined() ? gamma.value().data() : nullptr,
+                             batch_stats, x.requires_grad() ? x.grad().data() : nullptr,
+                             gamma.requires_grad() ? gamma.grad().data() : nullptr,
+                             beta.requires_grad() ? beta.grad().data() : nullptr, first);
+        });
+      }
+      return out;
+    }
+  }
+
   var_t run_op(tape_t& tp, std::size_t i, const var_t& x, const std::vector<var_t>& v, const std::vector<var_t>& ps,
                const run_options& opt, rng& drop) {
     const arch::op& o = net_.ops[i];
-    auto in = [&](std::size_t k) -> const var_t& { return v[static_cast<std::size_t>(o.inputs[k])]; };
+    auto in = [&](std::size_t k) -> const var_t& { return v[static_cast<std::size_t>(inputs_[i][k])]; };
     using arch::op_type;
     switch (o.type) {
       case op_type::input:
@@ -303,14 +421,8 @@ class executor {
       }
       case op_type::linear:
         return nn::linear(tp, quant_in(tp, i, in(0)), quant_w(tp, i, param(ps, weight_, i)), param(ps, bias_, i));
-      case op_type::batch_norm: {
-        nn::batch_norm_options bo;
-        bo.training = opt.bn == bn_mode::batch_stats;
-        bo.update_running = opt.update_running_stats;
-        bo.momentum = opt.bn_momentum;
-        auto* state = &bn_[static_cast<std::size_t>(bn_index_[i])];
-        return nn::batch_norm2d(tp, in(0), param(ps, weight_, i), param(ps, bias_, i), state, bo);
-      }
+      case op_type::batch_norm:
+        return run_batch_norm(tp, i, v, ps, opt, false);
       case op_type::relu:
         return nn::relu(tp, in(0));
       case op_type::hardswish:
@@ -357,7 +469,10 @@ class executor {
   arch::network net_;
   std::vector<arch::param_info> params_;
   std::vector<int> weight_, bias_, last_use_, bn_index_;
-  std::vector<bool> live_;
+  std::vector<int> canon_;               // op whose value stands for op i (== i unless a duplicate ReLU)
+  std::vector<std::vector<int>> inputs_;  // inputs of op i, through canon_
+  std::vector<int> fused_relu_;          // batch norm -> the ReLU computed with it (-1: none)
+  std::vector<bool> live_, produced_early_;
   std::vector<nn::batch_norm_state<T, Backend>> bn_;
 };
 

@@ -5,7 +5,7 @@
 
 namespace ghnq::nn {
 
-/// y = Fn(x) elementwise; dx += dy * Fn'(x).
+/// y = Fn(x) elementwise; dx += dy * Fn'(x) (written directly into a fresh gradient buffer).
 template <class Fn, class T, class B>
 var<T, B> activation(tape<T, B>& tp, const var<T, B>& x) {
   detail::require_contiguous(x, "activation", "x");
@@ -17,7 +17,9 @@ var<T, B> activation(tape<T, B>& tp, const var<T, B>& x) {
   if (tracked) {
     tp.record([x, out]() {
       if (!out.has_grad()) return;
-      K::backward(x.value().data(), out.value().data(), out.grad().data(), x.grad().data(), x.value().numel());
+      bool first = false;
+      T* dx = x.grad_for_write(first).data();
+      K::backward(x.value().data(), out.value().data(), out.grad().data(), dx, x.value().numel(), first);
     });
   }
   return out;

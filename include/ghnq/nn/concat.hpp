@@ -64,7 +64,11 @@ var<T, B> concat(tape<T, B>& tp, const std::vector<var<T, B>>& xs, int dim = 1) 
       std::int64_t off = 0;
       for (const auto& x : xs) {
         const std::int64_t ik = x.shape()[d] * inner;
-        if (x.requires_grad()) K::add_out(out.grad().data(), outer, ik, inner_dst, off, x.grad().data());
+        if (x.requires_grad()) {
+          bool first = false;
+          T* dx = x.grad_for_write(first).data();
+          K::add_out(out.grad().data(), outer, ik, inner_dst, off, dx, first);
+        }
         off += ik;
       }
     });

@@ -104,10 +104,11 @@ var<T, B> conv2d(tape<T, B>& tp, const var<T, B>& x, const var<T, B>& w, const v
   if (tracked) {
     tp.record([x, w, b, out, g]() {
       if (!out.has_grad()) return;
-      T* dx = x.requires_grad() ? x.grad().data() : nullptr;
+      bool first = false;  // a fresh dx buffer is written, not zeroed and added to
+      T* dx = x.requires_grad() ? x.grad_for_write(first).data() : nullptr;
       T* dw = w.requires_grad() ? w.grad().data() : nullptr;
       T* db = b.requires_grad() ? b.grad().data() : nullptr;
-      K::backward(g, x.value().data(), w.value().data(), out.grad().data(), dx, dw, db);
+      K::backward(g, x.value().data(), w.value().data(), out.grad().data(), dx, dw, db, first);
     });
   }
   return out;

@@ -4,6 +4,7 @@
 #pragma once
 #include <vector>
 
+#include "ghnq/backend/cpu/memory.hpp"
 #include "ghnq/backend/cpu/spatial.hpp"
 #include "ghnq/nn/add.hpp"
 #include "ghnq/nn/common.hpp"
@@ -79,13 +80,42 @@ var<T, B> channel_scale(tape<T, B>& tp, const var<T, B>& x, const var<T, B>& s) 
   return out;
 }
 
-/// Sum of one or more tensors of the same shape (a single input is returned as is).
+/// Sum of one or more tensors of the same shape (a single input is returned as is), in one
+/// pass; the backward copies dz into fresh input gradients and adds it to existing ones.
 template <class T, class B>
 var<T, B> sum(tape<T, B>& tp, const std::vector<var<T, B>>& xs) {
   GHNQ_CHECK(!xs.empty(), value_error, "sum: no inputs");
-  var<T, B> acc = xs[0];
-  for (std::size_t i = 1; i < xs.size(); ++i) acc = add(tp, acc, xs[i]);
-  return acc;
+  if (xs.size() == 1) return xs[0];
+  for (std::size_t k = 0; k < xs.size(); ++k) {
+    GHNQ_CHECK(xs[k].defined(), value_error, "sum: input ", k, " is undefined");
+    detail::require_contiguous(xs[k], "sum", "inputs");
+    GHNQ_CHECK(xs[k].shape() == xs[0].shape(), shape_error, "sum: input ", k, " of shape ", xs[k].shape(),
+               " does not match input 0 of shape ", xs[0].shape());
+  }
+  using A = backend::impl<B, backend::op::axpy>;
+  using M = backend::impl<B, backend::op::memory>;
+  const std::int64_t n = xs[0].value().numel();
+  tensor<T, B> z(xs[0].shape());
+  A::add(xs[0].value().data(), xs[1].value().data(), z.data(), n);
+  for (std::size_t k = 2; k < xs.size(); ++k) A::run(T(1), xs[k].value().data(), z.data(), n);
+  bool any = false;
+  for (const auto& x : xs) any = any || x.requires_grad();
+  const bool tracked = tp.recording() && any;
+  auto out = tp.make_output(z, tracked);
+  if (tracked) {
+    tp.record([xs, out, n]() {
+      if (!out.has_grad()) return;
+      const T* dz = out.grad().data();
+      for (const auto& x : xs) {
+        if (!x.requires_grad()) continue;
+        bool first = false;
+        T* dx = x.grad_for_write(first).data();
+        if (first) M::copy(dx, dz, static_cast<std::size_t>(n) * sizeof(T));
+        else A::run(T(1), dz, dx, n);
+      }
+    });
+  }
+  return out;
 }
 
 /// A constant zero tensor (no gradient flows through it).

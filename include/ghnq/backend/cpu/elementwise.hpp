@@ -15,7 +15,8 @@ namespace op {
 /// Pointwise activation `Fn` (fn::relu, fn::sigmoid, ...).
 /// \code
 /// template <class T> static void forward(const T* x, T* y, std::int64_t n);
-/// template <class T> static void backward(const T* x, const T* y, const T* dy, T* dx, std::int64_t n); // dx +=
+/// template <class T> static void backward(const T* x, const T* y, const T* dy, T* dx, std::int64_t n,
+///                                         bool overwrite = false);               // dx += (= with overwrite)
 /// \endcode
 template <class Fn>
 struct activation {};
@@ -58,9 +59,12 @@ struct impl<cpu_t, op::activation<Fn>> {
     });
   }
   template <class T>
-  static void backward(const T* x, const T* y, const T* dy, T* dx, std::int64_t n) {
+  static void backward(const T* x, const T* y, const T* dy, T* dx, std::int64_t n, bool overwrite = false) {
     parallel_for(0, n, kGrain, [&](std::int64_t b, std::int64_t e) {
-      for (std::int64_t i = b; i < e; ++i) dx[i] += dy[i] * Fn::df(x[i], y[i]);
+      if (overwrite)
+        for (std::int64_t i = b; i < e; ++i) dx[i] = dy[i] * Fn::df(x[i], y[i]);
+      else
+        for (std::int64_t i = b; i < e; ++i) dx[i] += dy[i] * Fn::df(x[i], y[i]);
     });
   }
 };

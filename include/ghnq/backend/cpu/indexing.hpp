@@ -27,7 +27,8 @@ struct embedding {};
 /// template <class T> static void copy_in(const T* src, std::int64_t outer, std::int64_t inner,
 ///                                        T* dst, std::int64_t inner_dst, std::int64_t offset);
 /// template <class T> static void add_out(const T* ddst, std::int64_t outer, std::int64_t inner,
-///                                        std::int64_t inner_dst, std::int64_t offset, T* dsrc);  // dsrc +=
+///                                        std::int64_t inner_dst, std::int64_t offset, T* dsrc,
+///                                        bool overwrite = false);  // dsrc += (= with overwrite)
 /// \endcode
 struct concat {};
 }  // namespace op
@@ -75,13 +76,15 @@ struct impl<cpu_t, op::concat> {
 
   template <class T>
   static void add_out(const T* ddst, std::int64_t outer, std::int64_t inner, std::int64_t inner_dst,
-                      std::int64_t offset, T* dsrc) {
+                      std::int64_t offset, T* dsrc, bool overwrite = false) {
     const std::int64_t grain = std::max<std::int64_t>(1, kWork / std::max<std::int64_t>(1, inner));
     parallel_for(0, outer, grain, [&](std::int64_t o0, std::int64_t o1) {
       for (std::int64_t o = o0; o < o1; ++o) {
         const T* g = ddst + o * inner_dst + offset;
         T* q = dsrc + o * inner;
-        for (std::int64_t k = 0; k < inner; ++k) q[k] += g[k];
+        if (overwrite) std::memcpy(q, g, static_cast<std::size_t>(inner) * sizeof(T));
+        else
+          for (std::int64_t k = 0; k < inner; ++k) q[k] += g[k];
       }
     });
   }

@@ -2,7 +2,8 @@
 /// \brief CPU backend memory: 64-byte aligned host allocations through a caching pool.
 ///
 /// Block sizes are rounded up to a size class (64-byte steps below 64 KiB, four classes per
-/// power of two above) and, when freed, kept in a per-class free list for reuse, up to a cap
+/// power of two above) and, when freed, kept in a per-class free list for reuse (a request of
+/// 64 KiB or more may also take a cached block of a larger class below twice its size), up to a cap
 /// on the cached bytes: the larger of GHNQ_CPU_CACHE_MB (default 1024) and the peak number of
 /// bytes in use so far, so a program whose steady state needs more than the default still
 /// reaches it, and the cache never holds more than the program once used. Training loops that allocate the same
@@ -49,16 +50,25 @@ class cpu_pool {
   }
 
   void* allocate(std::size_t bytes) {
-    const std::size_t size = size_class(bytes == 0 ? 1 : bytes);
+    std::size_t size = size_class(bytes == 0 ? 1 : bytes);
     void* base = nullptr;
     {
       std::lock_guard<std::mutex> lock(m_);
-      auto it = free_.find(size);
-      if (it != free_.end() && !it->second.empty()) {
-        base = it->second.back();
-        it->second.pop_back();
-        stats_.bytes_cached -= size;
-        ++stats_.reused_allocations;
+      // The block's own class first, then the next larger classes below twice the size: when
+      // concurrent programs (e.g. the networks of a meta-batch) interleave differently from step
+      // to step, a class may run dry while a neighbour holds spare blocks; reusing those avoids
+      // a system allocation (and page faults on fresh memory) at a bounded cost in memory.
+      for (std::size_t c = size; c < 2 * size; c = next_class(c)) {
+        auto it = free_.find(c);
+        if (it != free_.end() && !it->second.empty()) {
+          base = it->second.back();
+          it->second.pop_back();
+          size = c;  // the block keeps its class (recorded in its header)
+          stats_.bytes_cached -= size;
+          ++stats_.reused_allocations;
+          break;
+        }
+        if (size < kFineLimit) break;  // small blocks: exact class only
       }
     }
     if (!base) {
@@ -110,6 +120,9 @@ class cpu_pool {
     std::lock_guard<std::mutex> lock(m_);
     return stats_;
   }
+
+  /// The size class following class c.
+  static std::size_t next_class(std::size_t c) { return size_class(c + 1); }
 
   /// Four classes per power of two from kFineLimit up; 64-byte granularity below.
   static std::size_t size_class(std::size_t bytes) {
