@@ -79,14 +79,7 @@ inline void write_svg(const std::string& path, const std::vector<study_cell>& ce
     }
   }
   out += "</svg>\n";
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp);
-    if (!f) throw ghnq::io_error(tmp, "cannot open for writing");
-    f << out;
-    if (!f.good()) throw ghnq::io_error(tmp, "write failed");
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) throw ghnq::io_error(path, "cannot replace the file");
+  ghnq::io::write_file_atomic(path, out);
 }
 
 const char* kExperimentUsage =
@@ -208,14 +201,7 @@ inline int experiment_qat(int argc, char** argv) {
                   c.s.n, c.s.mean, c.s.se, c.s.max, c.s.min);
     csv += line;
   }
-  {
-    const std::string tmp = dir + "/results.csv.tmp";
-    std::ofstream f(tmp);
-    f << csv;
-    if (!f.good()) throw ghnq::io_error(tmp, "write failed");
-    f.close();
-    std::filesystem::rename(tmp, dir + "/results.csv");
-  }
+  ghnq::io::write_file_atomic(dir + "/results.csv", csv);
   for (const auto& bn : bns) {
     std::printf("\nmean top-1 %% ± SE (max) over %zu unseen architectures, BN %s\n%-14s", archs.size(), bn.c_str(), "row");
     for (const auto& col : columns) std::printf(" %20s", col.c_str());

@@ -24,10 +24,16 @@ namespace cli {
 using config = ghnq::ghn2q_config<>;
 using ghn_t = ghnq::hypernet<config>;
 
-/// Minimal option parser: --key value pairs and --flag switches, with unknown options rejected.
+inline std::vector<std::string> split_list(const std::string& s);
+
+/// Minimal option parser: --key value pairs and --flag switches; `repeat` names options that may
+/// be given several times (each value may also be a comma list; `list(k)` has them all, in order).
+/// A single-valued option given twice is an error; `allow` rejects unknown options.
 class args {
  public:
-  args(int argc, char** argv, std::vector<std::string> flags, std::string usage) : usage_(std::move(usage)) {
+  args(int argc, char** argv, std::vector<std::string> flags, std::string usage,
+       std::vector<std::string> repeat = {})
+      : usage_(std::move(usage)) {
     for (int i = 0; i < argc; ++i) {
       const std::string a = argv[i];
       if (a.rfind("--", 0) != 0) throw ghnq::value_error("unexpected argument '" + a + "'\n" + usage_);
@@ -40,7 +46,14 @@ class args {
         continue;
       }
       if (i + 1 >= argc) throw ghnq::value_error("missing value after " + a + "\n" + usage_);
-      kv_[a] = argv[++i];
+      const std::string v = argv[++i];
+      if (std::find(repeat.begin(), repeat.end(), a) != repeat.end()) {
+        for (auto& t : split_list(v)) lists_[a].push_back(std::move(t));
+        kv_[a] = v;
+        continue;
+      }
+      if (kv_.count(a) != 0) throw ghnq::value_error(a + " given twice\n" + usage_);
+      kv_[a] = v;
     }
   }
   void allow(const std::vector<std::string>& keys) const {
@@ -49,6 +62,12 @@ class args {
         throw ghnq::value_error("unknown option " + k + "\n" + usage_);
   }
   bool has(const std::string& k) const { return kv_.count(k) != 0; }
+  /// Every value of a repeatable option (empty when absent).
+  std::vector<std::string> list(const std::string& k) const {
+    auto it = lists_.find(k);
+    return it == lists_.end() ? std::vector<std::string>{} : it->second;
+  }
+  const std::string& usage() const { return usage_; }
   std::string str(const std::string& k, const std::string& def = "") const {
     auto it = kv_.find(k);
     return it == kv_.end() ? def : it->second;
@@ -80,6 +99,7 @@ class args {
 
  private:
   std::map<std::string, std::string> kv_;
+  std::map<std::string, std::vector<std::string>> lists_;
   std::string usage_;
 };
 

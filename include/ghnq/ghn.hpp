@@ -23,6 +23,7 @@
 #include "ghnq/ghn/evaluate.hpp"
 #include "ghnq/ghn/checkpoint.hpp"
 #include "ghnq/ghn/fit.hpp"
+#include "ghnq/io/atomic_file.hpp"
 #include "ghnq/io/safetensors.hpp"
 #include "ghnq/train.hpp"
 #include "ghnq/data.hpp"

@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "ghnq/io/atomic_file.hpp"
 #include "ghnq/io/safetensors.hpp"
 
 using namespace ghnq;
@@ -645,5 +646,55 @@ TEST_CASE("safetensors save is atomic", "[io][safetensors]") {
     const std::string missing = dir.file("missing.safetensors");
     expect_io_error([&] { safetensors_file::load(missing); }, missing, {"cannot open"});
     expect_io_error([&] { safetensors_file::load(dir.path.string()); }, dir.path.string(), {"read failed"});
+  }
+}
+
+TEST_CASE("write_file_atomic replaces text files whole or not at all", "[io][atomic]") {
+  temp_dir dir;
+  const std::string path = dir.file("table.csv");
+  ghnq::io::write_file_atomic(path, "a,b\n1,2\n");
+  CHECK(read_bytes(path) == bytes_t{'a', ',', 'b', '\n', '1', ',', '2', '\n'});
+  ghnq::io::write_file_atomic(path, "");  // an empty file is a valid content
+  CHECK(read_bytes(path).empty());
+  ghnq::io::write_file_atomic(path, "new");
+  CHECK(read_bytes(path) == bytes_t{'n', 'e', 'w'});
+  CHECK(temp_leftovers(dir.path) == 0);
+  CHECK((fs::status(path).permissions() & fs::perms::others_read) != fs::perms::none);
+
+  SECTION("a target that is a non-empty directory: io_error, directory and old files untouched") {
+    const std::string target = dir.file("taken");
+    fs::create_directories(target);
+    write_bytes((fs::path(target) / "keep.txt").string(), bytes_t{'k'});
+    expect_io_error([&] { ghnq::io::write_file_atomic(target, "x"); }, target, {"cannot rename temporary file"});
+    CHECK(read_bytes((fs::path(target) / "keep.txt").string()) == bytes_t{'k'});
+    CHECK(temp_leftovers(dir.path) == 0);
+    CHECK(read_bytes(path) == bytes_t{'n', 'e', 'w'});
+  }
+  SECTION("a missing directory: io_error naming the file, nothing created") {
+    const std::string target = dir.file("no/such/dir/t.csv");
+    expect_io_error([&] { ghnq::io::write_file_atomic(target, "x"); }, target, {"cannot create temporary file"});
+    CHECK_FALSE(fs::exists(dir.path / "no"));
+  }
+  SECTION("a write failing midway (file size limit) leaves the old file intact") {
+    rlimit old_lim{};
+    REQUIRE(::getrlimit(RLIMIT_FSIZE, &old_lim) == 0);
+    rlimit lim = old_lim;
+    lim.rlim_cur = 4096;
+    if (old_lim.rlim_max != RLIM_INFINITY && old_lim.rlim_max < lim.rlim_cur) lim.rlim_cur = old_lim.rlim_max;
+    auto old_handler = ::signal(SIGXFSZ, SIG_IGN);
+    REQUIRE(::setrlimit(RLIMIT_FSIZE, &lim) == 0);
+    std::string msg;
+    try {
+      ghnq::io::write_file_atomic(path, std::string(1 << 16, 'z'));
+    } catch (const ghnq::io_error& e) {
+      msg = e.what();
+    }
+    ::setrlimit(RLIMIT_FSIZE, &old_lim);
+    ::signal(SIGXFSZ, old_handler);
+    INFO(msg);
+    CHECK(msg.find(path) != std::string::npos);
+    CHECK(msg.find("cannot write temporary file") != std::string::npos);
+    CHECK(read_bytes(path) == bytes_t{'n', 'e', 'w'});
+    CHECK(temp_leftovers(dir.path) == 0);
   }
 }

@@ -18,7 +18,6 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
-#include <random>
 #include <set>
 #include <sstream>
 #include <string>
@@ -31,6 +30,7 @@
 #include "ghnq/arch/params.hpp"
 #include "ghnq/arch/shape_inference.hpp"
 #include "ghnq/core/error.hpp"
+#include "ghnq/io/atomic_file.hpp"
 
 namespace ghnq::arch {
 
@@ -366,31 +366,7 @@ inline std::string to_json_text(const network& net) {
 /// Writes `net` (as to_json_text) to `path` atomically: a temporary file in the same directory,
 /// then rename. Throws io_error naming the file on failure.
 /// \code ghnq::arch::save_json(ghnq::arch::resnet20(3, 32, 32, 10), "resnet20.json"); \endcode
-inline void save_json(const network& net, const std::string& path) {
-  namespace fs = std::filesystem;
-  const std::string text = to_json_text(net);
-  std::random_device rd;
-  const std::string tmp = path + ".tmp" + std::to_string(rd() % 1000000u);
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    if (!f) throw io_error(path, "cannot open temporary file " + tmp + " for writing");
-    f.write(text.data(), static_cast<std::streamsize>(text.size()));
-    f.flush();
-    if (!f) {
-      f.close();
-      std::error_code ec;
-      fs::remove(tmp, ec);
-      throw io_error(path, "write to temporary file " + tmp + " failed");
-    }
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) {
-    std::error_code ec2;
-    fs::remove(tmp, ec2);
-    throw io_error(path, "cannot rename " + tmp + " into place: " + ec.message());
-  }
-}
+inline void save_json(const network& net, const std::string& path) { io::write_file_atomic(path, to_json_text(net)); }
 
 /// Reads and validates a network file. Every problem — unreadable file, invalid JSON, schema or
 /// shape errors (their messages as from_json gives them) — throws io_error naming `path`.

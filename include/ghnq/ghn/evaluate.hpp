@@ -31,6 +31,7 @@
 #include "ghnq/data/dataset.hpp"
 #include "ghnq/data/loader.hpp"
 #include "ghnq/exec/executor.hpp"
+#include "ghnq/io/atomic_file.hpp"
 #include "ghnq/exec/quant_plan.hpp"
 #include "ghnq/exec/quantize.hpp"
 #include "ghnq/ghn/hypernet.hpp"
@@ -159,26 +160,14 @@ inline std::vector<std::string> groups_of(const std::vector<arch_eval>& rows) {
 /// Write the per-architecture rows as CSV (name,group,num_params,top1,loss,predict_ms),
 /// atomically (temporary file + rename). io_error naming the file on failure.
 inline void write_csv(const std::string& path, const std::vector<arch_eval>& rows) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::trunc);
-    if (!f.good()) throw io_error(tmp, "cannot open for writing");
-    f << "name,group,num_params,top1,loss,predict_ms\n";
-    char line[512];
-    for (const auto& r : rows) {
-      std::snprintf(line, sizeof line, "%s,%s,%lld,%.4f,%.6f,%.3f\n", r.name.c_str(), r.group.c_str(),
-                    static_cast<long long>(r.num_params), r.top1, r.loss, r.predict_ms);
-      f << line;
-    }
-    f.flush();
-    if (!f.good()) throw io_error(tmp, "write failed");
+  std::string text = "name,group,num_params,top1,loss,predict_ms\n";
+  char line[512];
+  for (const auto& r : rows) {
+    std::snprintf(line, sizeof line, "%s,%s,%lld,%.4f,%.6f,%.3f\n", r.name.c_str(), r.group.c_str(),
+                  static_cast<long long>(r.num_params), r.top1, r.loss, r.predict_ms);
+    text += line;
   }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    std::filesystem::remove(tmp, ec);
-    throw io_error(path, "cannot replace the file (rename failed)");
-  }
+  io::write_file_atomic(path, text);
 }
 
 /// Predict the parameters of every architecture with `ghn` and measure top-1 on `test` with
