@@ -25,6 +25,7 @@ const char* kUsage =
     "       ghnq eval-ghn (--checkpoint FILE | --untrained) [options]\n"
     "       ghnq predict --checkpoint FILE --arch FILE --out PARAMS.safetensors\n"
     "       ghnq experiment qat --out DIR [options]  (the 32/8/4/2-bit GHN-QAT study)\n"
+    "       ghnq finetune (--arch FILE | --test-index i) --init ghn:CKPT|random --quant W4A4 --out DIR [options]\n"
     "       ghnq --version\n";
 
 struct input_spec {
@@ -129,6 +130,7 @@ int arch_inspect(int argc, char** argv) {
 
 #include "ghn_commands.hpp"
 #include "experiment.hpp"
+#include "finetune.hpp"
 
 int main(int argc, char** argv) try {
   const std::string a = argc > 1 ? argv[1] : "", b = argc > 2 ? argv[2] : "";
@@ -137,6 +139,7 @@ int main(int argc, char** argv) try {
   if (a == "train-ghn") return cli::train_ghn(argc - 2, argv + 2);
   if (a == "eval-ghn") return cli::eval_ghn(argc - 2, argv + 2);
   if (a == "predict") return cli::predict(argc - 2, argv + 2);
+  if (a == "finetune") return cli::finetune_command(argc - 2, argv + 2);
   if (a == "experiment" && b == "qat") return cli::experiment_qat(argc - 3, argv + 3);
   if (a == "--version") {
     std::printf("ghnq %s\n", ghnq::version_string);
