@@ -51,6 +51,34 @@ autograd::var<T, B> scaled(autograd::tape<T, B>& tp, const autograd::var<T, B>& 
   return quant::exp_scale(tp, f, stat);
 }
 
+/// quant::fake_quant's op (the same values and clipped-STE gradient) for parameters fresh from
+/// make_uniform_params (valid by construction: no checks repeated), whose backward writes a fresh
+/// gradient buffer of x (var::grad_for_write) instead of zeroing it and adding to it. x is the
+/// input of one conv / linear op, so its gradient buffer is usually fresh: this saves a zeroing
+/// pass and a read of dx per quantized tensor.
+template <class T, class B>
+autograd::var<T, B> fake_quant_fresh(autograd::tape<T, B>& tp, const autograd::var<T, B>& x,
+                                     const quant::uniform_params<T>& p) {
+  quant::detail::require_contiguous(x, "exec::quantize", "x");
+  const auto [channels, inner] = quant::detail::channel_layout(x, p.channels(), "exec::quantize", "params.scale");
+  using K = backend::impl<B, backend::op::fake_quant>;
+  const T qmin = static_cast<T>(p.q_min), qmax = static_cast<T>(p.q_max);
+  tensor<T, B> y(x.shape());
+  K::forward(x.value().data(), y.data(), channels, inner, p.scale.data(), p.zero_point.data(), qmin, qmax);
+  const bool tracked = tp.needs(x);
+  auto out = tp.make_output(y, tracked);
+  if (tracked) {
+    tp.record([x, out, channels = channels, inner = inner, scale = p.scale, zp = p.zero_point, qmin, qmax]() {
+      if (!out.has_grad()) return;
+      bool fresh = false;
+      T* dx = x.grad_for_write(fresh).data();
+      K::backward(x.value().data(), out.grad().data(), dx, channels, inner, scale.data(), zp.data(), qmin, qmax,
+                  fresh);
+    });
+  }
+  return out;
+}
+
 template <class T, class B>
 autograd::var<T, B> detached_mean_abs(const autograd::var<T, B>& x, quant::granularity g, double factor) {
   autograd::tape<T, B> scratch;
@@ -84,7 +112,7 @@ autograd::var<T, B> quantize_weight(autograd::tape<T, B>& tp, const autograd::va
       obs.observe(w.value());
       const auto up = quant::make_uniform_params<T>(obs.lo(), obs.hi(), qmin, qmax, quant::mode::symmetric);
       if (q.noise && noise != nullptr) return quant::noise_quant(tp, w, up, *noise);
-      return quant::fake_quant(tp, w, up);
+      return detail::fake_quant_fresh(tp, w, up);
     }
   }
 }
@@ -121,7 +149,7 @@ autograd::var<T, B> quantize_input(autograd::tape<T, B>& tp, const autograd::var
       const auto up = quant::make_uniform_params<T>(obs.lo(), obs.hi(), qmin, qmax,
                                                     is_signed ? quant::mode::symmetric : quant::mode::asymmetric);
       if (q.noise && noise != nullptr) return quant::noise_quant(tp, x, up, *noise);
-      return quant::fake_quant(tp, x, up);
+      return detail::fake_quant_fresh(tp, x, up);
     }
   }
 }
