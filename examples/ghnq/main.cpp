@@ -25,6 +25,8 @@ const char* kUsage =
     "       ghnq eval-ghn (--checkpoint FILE | --untrained) [options]\n"
     "       ghnq predict --checkpoint FILE --arch FILE --out PARAMS.safetensors\n"
     "       ghnq experiment qat --out DIR [options]  (the 32/8/4/2-bit GHN-QAT study)\n"
+    "       ghnq export-int --checkpoint GHN (--arch FILE | --test-index i) --quant W8A8 --out MODEL.safetensors [options]\n"
+    "       ghnq eval-int --model MODEL.safetensors [--test-limit N]  (integer-only executor vs fake-quant)\n"
     "       ghnq experiment mixed --checkpoint GHN [--checkpoint GHN ...] --out DIR [options]  (mixed precision)\n"
     "       ghnq finetune (--arch FILE | --test-index i) --init ghn:CKPT|random --quant W4A4 --out DIR [options]\n"
     "       ghnq --version\n";
@@ -133,6 +135,7 @@ int arch_inspect(int argc, char** argv) {
 #include "experiment.hpp"
 #include "finetune.hpp"
 #include "mixed.hpp"
+#include "int_commands.hpp"
 
 int main(int argc, char** argv) try {
   const std::string a = argc > 1 ? argv[1] : "", b = argc > 2 ? argv[2] : "";
@@ -141,6 +144,8 @@ int main(int argc, char** argv) try {
   if (a == "train-ghn") return cli::train_ghn(argc - 2, argv + 2);
   if (a == "eval-ghn") return cli::eval_ghn(argc - 2, argv + 2);
   if (a == "predict") return cli::predict(argc - 2, argv + 2);
+  if (a == "export-int") return cli::export_int(argc - 2, argv + 2);
+  if (a == "eval-int") return cli::eval_int(argc - 2, argv + 2);
   if (a == "finetune") return cli::finetune_command(argc - 2, argv + 2);
   if (a == "experiment" && b == "mixed") return cli::experiment_mixed(argc - 3, argv + 3);
   if (a == "experiment" && b == "qat") return cli::experiment_qat(argc - 3, argv + 3);
