@@ -86,15 +86,16 @@ const char* kExperimentUsage =
     "usage: ghnq experiment qat --out DIR [--steps N] [--ft-steps N] [--meta-batch M] [--batch B] [--eval-archs N]\n"
     "                           [--test-limit N] [--rows fp,qat8,qat4,qat2,qat-mixed,noise,lsq,pact]\n"
     "                           [--columns FP32,W8A8,W4A4,W2A2,W4A8,W2A8] [--bn batch,fold] [--reduced]\n"
-    "                           [--fixed-width] [--seed S] [--threads T] [--data DIR]\n"
+    "                           [--fixed-width] [--seed S] [--threads T] [--data DIR] [--fp-init FP_GHN]\n"
     "The GHN-QAT study: an FP GHN trained for --steps, QAT rows fine-tuned from it for --ft-steps, every row\n"
     "evaluated on the same unseen test-split architectures at every column. --reduced: rows fp,qat4,qat2 and\n"
-    "columns FP32,W8A8,W4A4,W2A2 with BN batch statistics only.\n";
+    "columns FP32,W8A8,W4A4,W2A2 with BN batch statistics only. --fp-init uses a trained FP GHN checkpoint\n"
+    "(e.g. the standard run's) as the FP row and the QAT rows' starting point instead of training one.\n";
 
 inline int experiment_qat(int argc, char** argv) {
   const args a(argc, argv, {"--reduced", "--fixed-width"}, kExperimentUsage);
   a.allow({"--out", "--steps", "--ft-steps", "--meta-batch", "--batch", "--eval-archs", "--test-limit", "--rows",
-           "--columns", "--bn", "--reduced", "--fixed-width", "--seed", "--threads", "--data"});
+           "--columns", "--bn", "--reduced", "--fixed-width", "--seed", "--threads", "--data", "--fp-init"});
   const auto limit = threads_from(a);
   const bool reduced = a.has("--reduced");
   const std::string dir = a.required("--out");
@@ -146,14 +147,19 @@ inline int experiment_qat(int argc, char** argv) {
   const auto t_start = std::chrono::steady_clock::now();
   std::vector<study_cell> cells;
   ghnq::ghn::detail::jsonl_log log(dir + "/results.jsonl");
-  const std::string fp_ckpt = dir + "/FP/ghn.safetensors";
+  const std::string fp_init = a.str("--fp-init");
+  const std::string fp_ckpt = fp_init.empty() ? dir + "/FP/ghn.safetensors" : fp_init;
+  if (!fp_init.empty()) ghnq::ghn::read_checkpoint_info(fp_init);  // a bad file fails before any work
   for (const auto& row : rows) {
     ghnq::rng g(base.seed);
     ghn_t ghn(g);
     std::string row_dir = dir + "/" + row.name;
     for (auto& c : row_dir)
       if (c == ' ' || c == '(' || c == ')') c = '_';
-    if (row.trained) {
+    if (row.trained && row.strat == ghnq::ghn::strategy::fp && !fp_init.empty()) {
+      ghnq::ghn::load_checkpoint(fp_init, ghn);
+      std::printf("== %s: %s\n", row.name.c_str(), fp_init.c_str());
+    } else if (row.trained) {
       std::filesystem::create_directories(row_dir);
       auto o = base;
       o.strat = row.strat;

@@ -1,6 +1,7 @@
 # End-to-end check of the GHN commands on a tiny budget (Fashion-MNIST):
 #   ghn info -> train-ghn (2 steps, checkpoint, log) -> train-ghn --resume to 3 steps -> eval-ghn
-#   -> predict -> ghn info --checkpoint, and clear errors for a corrupted checkpoint.
+#   -> predict -> ghn info --checkpoint -> finetune -> experiment mixed -> export-int -> eval-int, and clear
+#   errors for a corrupted checkpoint.
 set(dir ${WORK}/ghn_workflow)
 file(REMOVE_RECURSE ${dir})
 file(MAKE_DIRECTORY ${dir})
@@ -60,6 +61,28 @@ if(EXISTS ${BENCH})
   if(tensors LESS 10 OR NOT EXISTS ${dir}/p.safetensors)
     message(FATAL_ERROR "predict: ${out}")
   endif()
+endif()
+
+# The quantization commands on the tiny GHN.
+run(finetune --test-index 0 --init ghn:${dir}/ghn.safetensors --init random --quant W4A4 --steps 2 --eval-every 1
+    --test-limit 64 --batch 16 --calib-batches 1 --out ${dir}/ft --threads 2)
+file(STRINGS ${dir}/ft/finetune.csv lines)
+list(LENGTH lines n)
+if(NOT n EQUAL 7)  # header + 2 inits x steps 0, 1, 2
+  message(FATAL_ERROR "finetune.csv: ${n} lines, expected 7")
+endif()
+run(experiment mixed --checkpoint ${dir}/ghn.safetensors --archs 2 --test-limit 64 --policy uniform-4
+    --policy k3x3-2_1x1-4 --out ${dir}/mixed --threads 2)
+file(STRINGS ${dir}/mixed/mixed.csv lines)
+list(LENGTH lines n)
+if(NOT n EQUAL 3)  # header + 2 policies
+  message(FATAL_ERROR "mixed.csv: ${n} lines, expected 3")
+endif()
+run(export-int --checkpoint ${dir}/ghn.safetensors --test-index 0 --quant W8A8 --calib-batches 1
+    --out ${dir}/int.safetensors --threads 2)
+run(eval-int --model ${dir}/int.safetensors --test-limit 64 --threads 2)
+if(NOT out MATCHES "integer executor top-1: +[0-9]+\\.[0-9]+ %" OR NOT out MATCHES "argmax agreement")
+  message(FATAL_ERROR "eval-int output:\n${out}")
 endif()
 
 # A truncated checkpoint is a clear error naming the file.
