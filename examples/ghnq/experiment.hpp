@@ -23,6 +23,7 @@ struct study_row {
   ghnq::exec::weight_quantizer wq = ghnq::exec::weight_quantizer::uniform;
   ghnq::exec::act_quantizer aq = ghnq::exec::act_quantizer::uniform;
   bool trained = true;      // false: the random-initialization row
+  bool from_fp = false;     // fine-tuned from the FP GHN for --ft-steps (QAT rows; "FP+ft", the equal-budget control)
 };
 
 struct study_cell {
@@ -84,10 +85,11 @@ inline void write_svg(const std::string& path, const std::vector<study_cell>& ce
 
 const char* kExperimentUsage =
     "usage: ghnq experiment qat --out DIR [--steps N] [--ft-steps N] [--meta-batch M] [--batch B] [--eval-archs N]\n"
-    "                           [--test-limit N] [--rows fp,qat8,qat4,qat2,qat-mixed,noise,lsq,pact]\n"
+    "                           [--test-limit N] [--rows fp,fp-ft,qat8,qat4,qat2,qat-mixed,noise,lsq,pact]\n"
     "                           [--columns FP32,W8A8,W4A4,W2A2,W4A8,W2A8] [--bn batch,fold] [--reduced]\n"
     "                           [--fixed-width] [--seed S] [--threads T] [--data DIR] [--fp-init FP_GHN]\n"
-    "The GHN-QAT study: an FP GHN trained for --steps, QAT rows fine-tuned from it for --ft-steps, every row\n"
+    "The GHN-QAT study: an FP GHN trained for --steps, QAT rows fine-tuned from it for --ft-steps (fp-ft: the\n"
+    "same fine-tuning in float, the equal-budget control), every row\n"
     "evaluated on the same unseen test-split architectures at every column. --reduced: rows fp,qat4,qat2 and\n"
     "columns FP32,W8A8,W4A4,W2A2 with BN batch statistics only. --fp-init uses a trained FP GHN checkpoint\n"
     "(e.g. the standard run's) as the FP row and the QAT rows' starting point instead of training one.\n";
@@ -101,7 +103,7 @@ inline int experiment_qat(int argc, char** argv) {
   const std::string dir = a.required("--out");
   std::filesystem::create_directories(dir);
   const auto data = load_data("fashion-mnist", a.str("--data"), true);
-  const auto rows_req = split_list(a.str("--rows", reduced ? "fp,qat4,qat2" : "fp,qat8,qat4,qat2,qat-mixed,noise,lsq,pact"));
+  const auto rows_req = split_list(a.str("--rows", reduced ? "fp,qat4,qat2" : "fp,fp-ft,qat8,qat4,qat2,qat-mixed,noise,lsq,pact"));
   const auto columns = split_list(a.str("--columns", reduced ? "FP32,W8A8,W4A4,W2A2" : "FP32,W8A8,W4A4,W2A2,W4A8,W2A8"));
   const auto bns = split_list(a.str("--bn", reduced ? "batch" : "batch,fold"));
   const long long test_limit = a.integer("--test-limit", 0);
@@ -122,6 +124,7 @@ inline int experiment_qat(int argc, char** argv) {
   using AQ = ghnq::exec::act_quantizer;
   for (const auto& r : rows_req) {
     if (r == "fp") rows.push_back({"FP", ghnq::ghn::strategy::fp, 32, WQ::uniform, AQ::uniform});
+    else if (r == "fp-ft") rows.push_back({"FP+ft", ghnq::ghn::strategy::fp, 32, WQ::uniform, AQ::uniform, true, true});
     else if (r == "qat8") rows.push_back({"QAT-8", ghnq::ghn::strategy::qat, 8, WQ::uniform, AQ::uniform});
     else if (r == "qat4") rows.push_back({"QAT-4", ghnq::ghn::strategy::qat, 4, WQ::uniform, AQ::uniform});
     else if (r == "qat2") rows.push_back({"QAT-2", ghnq::ghn::strategy::qat, 2, WQ::uniform, AQ::uniform});
@@ -134,9 +137,10 @@ inline int experiment_qat(int argc, char** argv) {
       rows.push_back({"QAT-4 (pact)", ghnq::ghn::strategy::qat, 4, WQ::uniform, AQ::pact});
       rows.push_back({"QAT-2 (pact)", ghnq::ghn::strategy::qat, 2, WQ::uniform, AQ::pact});
     } else {
-      throw ghnq::value_error("--rows: unknown row '" + r + "' (fp, qat8, qat4, qat2, qat-mixed, noise, lsq, pact)");
+      throw ghnq::value_error("--rows: unknown row '" + r + "' (fp, fp-ft, qat8, qat4, qat2, qat-mixed, noise, lsq, pact)");
     }
   }
+  for (auto& row : rows) row.from_fp = row.from_fp || (row.trained && row.strat != ghnq::ghn::strategy::fp);
   const bool need_fp = rows.size() > 1;
   std::printf("ghnq %s | experiment qat: %zu rows x %zu columns x %zu BN modes | FP %lld steps, fine-tuning %lld steps, "
               "m=%d | %zu unseen architectures, %lld test images | %d threads\n",
@@ -156,7 +160,7 @@ inline int experiment_qat(int argc, char** argv) {
     std::string row_dir = dir + "/" + row.name;
     for (auto& c : row_dir)
       if (c == ' ' || c == '(' || c == ')') c = '_';
-    if (row.trained && row.strat == ghnq::ghn::strategy::fp && !fp_init.empty()) {
+    if (row.trained && !row.from_fp && !fp_init.empty()) {
       ghnq::ghn::load_checkpoint(fp_init, ghn);
       std::printf("== %s: %s\n", row.name.c_str(), fp_init.c_str());
     } else if (row.trained) {
@@ -166,7 +170,7 @@ inline int experiment_qat(int argc, char** argv) {
       o.quant.w_bits = o.quant.a_bits = row.bits > 0 ? row.bits : 4;
       o.quant.wq = row.wq;
       o.quant.aq = row.aq;
-      const bool from_fp = row.strat != ghnq::ghn::strategy::fp;
+      const bool from_fp = row.from_fp;
       if (from_fp) {
         ghnq::ghn::load_checkpoint(fp_ckpt, ghn);
         o.steps = ft_steps;
@@ -178,7 +182,7 @@ inline int experiment_qat(int argc, char** argv) {
       ghnq::ghn::trainer<config> tr(ghn, data.train, o);
       ghnq::ghn::fit_options fo;
       fo.log_path = row_dir + "/train.jsonl";
-      fo.checkpoint_path = row.strat == ghnq::ghn::strategy::fp ? fp_ckpt : row_dir + "/ghn.safetensors";
+      fo.checkpoint_path = from_fp ? row_dir + "/ghn.safetensors" : fp_ckpt;
       ghnq::ghn::fit(tr, fo);
     } else if (need_fp) {
       std::printf("== %s\n", row.name.c_str());
