@@ -257,6 +257,14 @@ inline int train_ghn(int argc, char** argv) {
 
   ghnq::ghn::train_options o;
   if (a.has("--resume")) {
+    // The training options travel with the checkpoint (that is what makes resume exact): giving
+    // one again would be silently ignored, so it is an error.
+    for (const char* k : {"--steps", "--meta-batch", "--batch", "--lr", "--wd", "--optimizer", "--schedule", "--warmup",
+                          "--clip", "--fixed-width", "--seed", "--strategy", "--bits", "--wbits", "--abits", "--wq",
+                          "--aq", "--first-last-bits", "--mixed-bits", "--init"})
+      if (a.has(k))
+        throw ghnq::value_error(std::string(k) + " cannot be combined with --resume: the run continues with the training "
+                                "options stored in " + ckpt + " (see `ghnq ghn info --checkpoint " + ckpt + "`)");
     o = ghnq::ghn::read_checkpoint_info(ckpt).options;
   } else {
     o.steps = a.integer("--steps", 2000);

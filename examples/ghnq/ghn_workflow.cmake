@@ -41,6 +41,13 @@ if(NOT step EQUAL 3)
   message(FATAL_ERROR "ghn info --checkpoint: step ${step}, expected 3")
 endif()
 
+# A training option given with --resume would be ignored: it is an error naming the option.
+execute_process(COMMAND ${GHNQ} train-ghn --out ${dir} --resume --steps 10 RESULT_VARIABLE rc OUTPUT_VARIABLE out
+                ERROR_VARIABLE err)
+if(rc EQUAL 0 OR NOT err MATCHES "--steps cannot be combined with --resume")
+  message(FATAL_ERROR "train-ghn --resume --steps must fail naming the option (rc ${rc}): ${err}")
+endif()
+
 # Resuming a finished run does no step; the log keeps its lines.
 run(train-ghn --out ${dir} --resume --eval-archs 0 --no-progress)
 file(STRINGS ${dir}/train.jsonl lines REGEX "\"event\":\"step\"")
