@@ -22,6 +22,7 @@
 /// auto logits = ex.forward(tp, x, params, {});
 /// \endcode
 #pragma once
+#include "ghnq/exec/plain_ops.hpp"
 #include "ghnq/exec/quant_plan.hpp"
 #include "ghnq/exec/quantize.hpp"
 #include <cstdint>
@@ -405,13 +406,7 @@ class executor {
       case op_type::input:
         return x;
       case op_type::conv: {
-        nn::conv2d_params cp;
-        cp.stride_h = o.stride;
-        cp.stride_w = o.stride_width();
-        cp.pad_h = o.pad_h;
-        cp.pad_w = o.pad_w;
-        cp.dilation_h = cp.dilation_w = o.dilation;
-        cp.groups = o.groups;
+        const nn::conv2d_params cp = detail::conv_params_of(o);
         var_t w = param(ps, weight_, i), b = param(ps, bias_, i);
         if (!pass_.folded_w.empty() && pass_.folded_w[i].defined()) {
           w = pass_.folded_w[i];
@@ -423,45 +418,10 @@ class executor {
         return nn::linear(tp, quant_in(tp, i, in(0)), quant_w(tp, i, param(ps, weight_, i)), param(ps, bias_, i));
       case op_type::batch_norm:
         return run_batch_norm(tp, i, v, ps, opt, false);
-      case op_type::relu:
-        return nn::relu(tp, in(0));
-      case op_type::hardswish:
-        return nn::hardswish(tp, in(0));
-      case op_type::sigmoid:
-        return nn::sigmoid(tp, in(0));
-      case op_type::max_pool:
-        return nn::max_pool2d(tp, in(0), nn::pool2d_params{o.kh, o.stride, o.pad_h});
-      case op_type::avg_pool:
-        return nn::avg_pool2d(tp, in(0), nn::pool2d_params{o.kh, o.stride, o.pad_h});
-      case op_type::global_avg_pool:
-        return nn::global_avg_pool(tp, in(0));
-      case op_type::flatten:
-        return nn::flatten(tp, in(0));
-      case op_type::sum: {
-        std::vector<var_t> xs;
-        for (std::size_t k = 0; k < o.inputs.size(); ++k) xs.push_back(in(k));
-        return nn::sum(tp, xs);
-      }
-      case op_type::concat: {
-        if (o.inputs.size() == 1) return in(0);
-        std::vector<var_t> xs;
-        for (std::size_t k = 0; k < o.inputs.size(); ++k) xs.push_back(in(k));
-        return nn::concat(tp, xs, 1);
-      }
-      case op_type::zero: {
-        const auto n = x.shape()[0];
-        return o.h == 0 && o.w == 0 ? nn::zeros<T, Backend>({n, o.c}) : nn::zeros<T, Backend>({n, o.c, o.h, o.w});
-      }
-      case op_type::identity:
-        return in(0);
-      case op_type::shift:
-        return nn::crop(tp, in(0), 1, 1);
-      case op_type::subsample:
-        return nn::subsample(tp, in(0), o.stride);
       case op_type::dropout:
         return nn::dropout(tp, in(0), o.p, drop, opt.dropout);
-      case op_type::channel_scale:
-        return nn::channel_scale(tp, in(0), in(1));
+      default:
+        return detail::run_plain_op(tp, o, x.shape()[0], in);
     }
     throw value_error("executor: op " + std::to_string(i) + " has an unknown type");
   }

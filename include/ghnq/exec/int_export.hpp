@@ -86,6 +86,7 @@
 #include "ghnq/autograd/tape.hpp"
 #include "ghnq/core/error.hpp"
 #include "ghnq/exec/executor.hpp"
+#include "ghnq/exec/plain_ops.hpp"
 #include "ghnq/exec/quant_plan.hpp"
 #include "ghnq/exec/quantize.hpp"
 #include "ghnq/io/safetensors.hpp"
@@ -541,13 +542,7 @@ class fake_quant_reference {
     switch (o.type) {
       case op_type::input: return x;
       case op_type::conv: {
-        nn::conv2d_params cp;
-        cp.stride_h = o.stride;
-        cp.stride_w = o.stride_width();
-        cp.pad_h = o.pad_h;
-        cp.pad_w = o.pad_w;
-        cp.dilation_h = cp.dilation_w = o.dilation;
-        cp.groups = o.groups;
+        const nn::conv2d_params cp = detail::conv_params_of(o);
         if (on_layer_input) on_layer_input(static_cast<int>(i), in(0).value());
         return nn::conv2d(tp, quant_in(tp, i, in(0), mode, qf), w_[i], b_[i], cp);
       }
@@ -560,33 +555,8 @@ class fake_quant_reference {
         bo.training = false;
         return nn::batch_norm2d(tp, in(0), gamma_[i], beta_[i], &bn_[i], bo);
       }
-      case op_type::relu: return nn::relu(tp, in(0));
-      case op_type::hardswish: return nn::hardswish(tp, in(0));
-      case op_type::sigmoid: return nn::sigmoid(tp, in(0));
-      case op_type::max_pool: return nn::max_pool2d(tp, in(0), nn::pool2d_params{o.kh, o.stride, o.pad_h});
-      case op_type::avg_pool: return nn::avg_pool2d(tp, in(0), nn::pool2d_params{o.kh, o.stride, o.pad_h});
-      case op_type::global_avg_pool: return nn::global_avg_pool(tp, in(0));
-      case op_type::flatten: return nn::flatten(tp, in(0));
-      case op_type::sum: {
-        std::vector<var_t> xs;
-        for (std::size_t k = 0; k < o.inputs.size(); ++k) xs.push_back(in(k));
-        return nn::sum(tp, xs);
-      }
-      case op_type::concat: {
-        if (o.inputs.size() == 1) return in(0);
-        std::vector<var_t> xs;
-        for (std::size_t k = 0; k < o.inputs.size(); ++k) xs.push_back(in(k));
-        return nn::concat(tp, xs, 1);
-      }
-      case op_type::zero: {
-        const auto nb = x.shape()[0];
-        return o.h == 0 && o.w == 0 ? nn::zeros<float>({nb, o.c}) : nn::zeros<float>({nb, o.c, o.h, o.w});
-      }
-      case op_type::identity:
       case op_type::dropout: return in(0);
-      case op_type::shift: return nn::crop(tp, in(0), 1, 1);
-      case op_type::subsample: return nn::subsample(tp, in(0), o.stride);
-      case op_type::channel_scale: return nn::channel_scale(tp, in(0), in(1));
+      default: return detail::run_plain_op(tp, o, x.shape()[0], in);
     }
     throw value_error("fake_quant_reference: op " + std::to_string(i) + " has an unknown type");
   }
