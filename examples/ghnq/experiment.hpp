@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -87,17 +88,20 @@ const char* kExperimentUsage =
     "usage: ghnq experiment qat --out DIR [--steps N] [--ft-steps N] [--meta-batch M] [--batch B] [--eval-archs N]\n"
     "                           [--test-limit N] [--rows fp,fp-ft,qat8,qat4,qat2,qat-mixed,noise,lsq,pact]\n"
     "                           [--columns FP32,W8A8,W4A4,W2A2,W4A8,W2A8] [--bn batch,fold] [--reduced]\n"
-    "                           [--fixed-width] [--seed S] [--threads T] [--data DIR] [--fp-init FP_GHN]\n"
+    "                           [--fixed-width] [--seed S] [--threads T] [--data DIR] [--fp-init FP_GHN] [--resume]\n"
     "The GHN-QAT study: an FP GHN trained for --steps, QAT rows fine-tuned from it for --ft-steps (fp-ft: the\n"
     "same fine-tuning in float, the equal-budget control), every row\n"
     "evaluated on the same unseen test-split architectures at every column. --reduced: rows fp,qat4,qat2 and\n"
     "columns FP32,W8A8,W4A4,W2A2 with BN batch statistics only. --fp-init uses a trained FP GHN checkpoint\n"
-    "(e.g. the standard run's) as the FP row and the QAT rows' starting point instead of training one.\n";
+    "(e.g. the standard run's) as the FP row and the QAT rows' starting point instead of training one.\n"
+    "--resume continues a study in DIR (same options): finished cells are read back from DIR/results.jsonl,\n"
+    "interrupted rows resume from their checkpoints (saved every 50 steps).\n";
 
 inline int experiment_qat(int argc, char** argv) {
-  const args a(argc, argv, {"--reduced", "--fixed-width"}, kExperimentUsage);
+  const args a(argc, argv, {"--reduced", "--fixed-width", "--resume"}, kExperimentUsage);
   a.allow({"--out", "--steps", "--ft-steps", "--meta-batch", "--batch", "--eval-archs", "--test-limit", "--rows",
-           "--columns", "--bn", "--reduced", "--fixed-width", "--seed", "--threads", "--data", "--fp-init"});
+           "--columns", "--bn", "--reduced", "--fixed-width", "--seed", "--threads", "--data", "--fp-init",
+           "--resume"});
   const auto limit = threads_from(a);
   const bool reduced = a.has("--reduced");
   const std::string dir = a.required("--out");
@@ -148,6 +152,55 @@ inline int experiment_qat(int argc, char** argv) {
               static_cast<long long>(ft_steps), base.meta_batch, archs.size(),
               static_cast<long long>(data.test.head(test_limit).size()), ghnq::max_threads());
   std::fflush(stdout);
+
+  // The study's identity: a resumed study must be the same one (cells and checkpoints are reused).
+  const bool resume = a.has("--resume");
+  const nlohmann::json study = {{"steps", base.steps}, {"ft_steps", ft_steps}, {"meta_batch", base.meta_batch},
+                                {"batch", base.batch_size}, {"sample_widths", base.sample_widths},
+                                {"seed", base.seed}, {"eval_archs", archs.size()}, {"test_limit", test_limit},
+                                {"fp_init", a.str("--fp-init")}};
+  const std::string study_path = dir + "/study.json";
+  std::map<std::string, ghnq::ghn::eval_summary> done;  // "row|column|bn" -> finished cell
+  if (resume) {
+    std::ifstream sf(study_path);
+    if (!sf) throw ghnq::io_error(study_path, "--resume: no study to continue in " + dir);
+    nlohmann::json prev;
+    try {
+      sf >> prev;
+    } catch (const nlohmann::json::exception& e) {
+      throw ghnq::io_error(study_path, std::string("not valid JSON: ") + e.what());
+    }
+    for (auto it = study.begin(); it != study.end(); ++it)
+      if (!prev.contains(it.key()) || prev.at(it.key()) != it.value())
+        throw ghnq::value_error("--resume: option '" + it.key() + "' is " + it.value().dump() + ", the study in " + dir +
+                                " used " + (prev.contains(it.key()) ? prev.at(it.key()).dump() : std::string("nothing")));
+    std::ifstream rf(dir + "/results.jsonl");
+    std::string line;
+    for (int ln = 1; std::getline(rf, line); ++ln) {
+      if (line.empty()) continue;
+      nlohmann::json j;
+      try {
+        j = nlohmann::json::parse(line);
+        ghnq::ghn::eval_summary s;
+        s.group = "test";
+        s.n = j.at("n").get<std::size_t>();
+        s.mean = j.at("mean").get<double>();
+        s.se = j.at("se").get<double>();
+        s.max = j.at("max").get<double>();
+        s.min = j.at("min").get<double>();
+        done[j.at("row").get<std::string>() + "|" + j.at("column").get<std::string>() + "|" +
+             j.at("bn").get<std::string>()] = s;
+      } catch (const nlohmann::json::exception& e) {
+        throw ghnq::io_error(dir + "/results.jsonl", "line " + std::to_string(ln) + ": " + e.what());
+      }
+    }
+    std::printf("resuming: %zu finished cells read back\n", done.size());
+  } else {
+    if (std::filesystem::exists(study_path) || std::filesystem::exists(dir + "/results.jsonl"))
+      throw ghnq::value_error(dir + " already holds a study: pass --resume to continue it, or choose a new --out");
+    ghnq::io::write_file_atomic(study_path, study.dump(2) + "\n");
+  }
+
   const auto t_start = std::chrono::steady_clock::now();
   std::vector<study_cell> cells;
   ghnq::ghn::detail::jsonl_log log(dir + "/results.jsonl");
@@ -183,12 +236,22 @@ inline int experiment_qat(int argc, char** argv) {
       ghnq::ghn::fit_options fo;
       fo.log_path = row_dir + "/train.jsonl";
       fo.checkpoint_path = from_fp ? row_dir + "/ghn.safetensors" : fp_ckpt;
-      ghnq::ghn::fit(tr, fo);
+      fo.save_every = 50;
+      if (resume && std::filesystem::exists(fo.checkpoint_path)) {
+        ghnq::ghn::load_checkpoint(fo.checkpoint_path, ghn, &tr);
+        std::printf("   resumed at step %lld\n", static_cast<long long>(tr.step_count()));
+      }
+      if (tr.step_count() < o.steps) ghnq::ghn::fit(tr, fo);
     } else if (need_fp) {
       std::printf("== %s\n", row.name.c_str());
     }
     for (const auto& bn : bns) {
       for (const auto& col : columns) {
+        const auto hit = done.find(row.name + "|" + col + "|" + bn);
+        if (hit != done.end()) {
+          cells.push_back({row.name, col, bn, hit->second});
+          continue;
+        }
         ghnq::exec::quant_config q;
         q.wq = row.wq;
         q.aq = row.aq;

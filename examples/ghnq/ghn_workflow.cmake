@@ -1,7 +1,7 @@
 # End-to-end check of the GHN commands on a tiny budget (Fashion-MNIST):
 #   ghn info -> train-ghn (2 steps, checkpoint, log) -> train-ghn --resume to 3 steps -> eval-ghn
-#   -> predict -> ghn info --checkpoint -> finetune -> experiment mixed -> export-int -> eval-int, and clear
-#   errors for a corrupted checkpoint.
+#   -> predict -> ghn info --checkpoint -> finetune -> experiment mixed -> export-int -> eval-int
+#   -> experiment qat (+ --resume), and clear errors for a corrupted checkpoint.
 set(dir ${WORK}/ghn_workflow)
 file(REMOVE_RECURSE ${dir})
 file(MAKE_DIRECTORY ${dir})
@@ -90,6 +90,46 @@ run(export-int --checkpoint ${dir}/ghn.safetensors --test-index 0 --quant W8A8 -
 run(eval-int --model ${dir}/int.safetensors --test-limit 64 --threads 2)
 if(NOT out MATCHES "integer executor top-1: +[0-9]+\\.[0-9]+ %" OR NOT out MATCHES "argmax agreement")
   message(FATAL_ERROR "eval-int output:\n${out}")
+endif()
+
+# The study: a tiny QAT-4 row fine-tuned from this GHN; a second start in the same directory is an error,
+# --resume reads finished cells back, recomputes the missing ones from the row's checkpoint (no new
+# training step) and gives the same table; a changed option is an error naming it.
+set(study experiment qat --out ${dir}/study --fp-init ${dir}/ghn.safetensors --rows qat4 --columns FP32,W4A4
+    --bn batch --ft-steps 2 --meta-batch 2 --batch 16 --eval-archs 2 --test-limit 64 --fixed-width --threads 2)
+run(${study})
+file(READ ${dir}/study/results.csv first)
+file(STRINGS ${dir}/study/results.csv lines)
+list(LENGTH lines n)
+if(NOT n EQUAL 5)  # header + (random init, QAT-4) x (FP32, W4A4)
+  message(FATAL_ERROR "study results.csv: ${n} lines, expected 5")
+endif()
+execute_process(COMMAND ${GHNQ} ${study} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(rc EQUAL 0 OR NOT err MATCHES "already holds a study")
+  message(FATAL_ERROR "a second study in the same directory must fail (rc ${rc}): ${err}")
+endif()
+file(STRINGS ${dir}/study/results.jsonl cells)
+list(SUBLIST cells 0 2 kept)
+list(JOIN kept "\n" kept)
+file(WRITE ${dir}/study/results.jsonl "${kept}\n")
+run(${study} --resume)
+if(NOT out MATCHES "resuming: 2 finished cells read back")
+  message(FATAL_ERROR "experiment qat --resume:\n${out}")
+endif()
+file(READ ${dir}/study/results.csv again)
+if(NOT again STREQUAL first)
+  message(FATAL_ERROR "resumed study differs:\n${first}\nvs\n${again}")
+endif()
+file(STRINGS ${dir}/study/QAT-4/train.jsonl lines REGEX "\"event\":\"step\"")
+list(LENGTH lines n)
+if(NOT n EQUAL 2)
+  message(FATAL_ERROR "resuming a finished row trained again: ${n} step lines, expected 2")
+endif()
+execute_process(COMMAND ${GHNQ} experiment qat --out ${dir}/study --fp-init ${dir}/ghn.safetensors --rows qat4
+                --columns FP32,W4A4 --bn batch --ft-steps 2 --meta-batch 2 --batch 16 --eval-archs 2
+                --test-limit 32 --fixed-width --resume RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(rc EQUAL 0 OR NOT err MATCHES "option 'test_limit' is 32")
+  message(FATAL_ERROR "--resume with a changed option must fail naming it (rc ${rc}): ${err}")
 endif()
 
 # A truncated checkpoint is a clear error naming the file.
