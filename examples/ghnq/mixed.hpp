@@ -12,8 +12,8 @@
 // lines), DIR/mixed_arch.csv (one row per architecture) and DIR/accuracy_vs_bits_per_weight.svg
 // (_fold.svg for BN folding).
 //
-// ghn::evaluate takes one quant_config for all its architectures, and a policy's per-op overrides
-// are per network, so each architecture is evaluated by its own evaluate() call.
+// A policy's per-op overrides are per network: ghn::evaluate gets one quant_config per architecture
+// (eval_options::per_arch_quant) and evaluates the architectures as parallel tasks.
 #pragma once
 #include <ghnq/exec/mixed_precision.hpp>
 
@@ -23,6 +23,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -241,7 +242,6 @@ inline int experiment_mixed(int argc, char** argv) {
         ghnq::ghn::eval_options eo;
         eo.norm = data.norm;
         eo.max_images = test_limit;
-        eo.parallel = false;
         if (bn == "fold") {
           eo.bn = ghnq::ghn::eval_bn::calibrate_fold;
           eo.calib_data = &data.train;
@@ -252,19 +252,22 @@ inline int experiment_mixed(int argc, char** argv) {
         const auto t0 = std::chrono::steady_clock::now();
         ghnq::io::progress bar(gspec.label + " | " + pol.name + " | BN " + bn, static_cast<std::int64_t>(archs.size()),
                                "arch");
+        for (const auto& ar : archs) eo.per_arch_quant.push_back(ghnq::exec::apply_policy(ar.net, pol, base));
+        std::mutex bar_mu;
+        std::int64_t finished = 0;
+        rows = ghnq::ghn::evaluate(ghn, archs, data.test, eo, [&](std::size_t, const ghnq::ghn::arch_eval&) {
+          const std::lock_guard<std::mutex> lk(bar_mu);
+          bar.update(++finished);
+        });
         for (std::size_t i = 0; i < archs.size(); ++i) {
-          eo.quant = ghnq::exec::apply_policy(archs[i].net, pol, base);
-          const auto sz = ghnq::exec::size_of(archs[i].net, eo.quant);
-          const auto r = ghnq::ghn::evaluate(ghn, {archs[i]}, data.test, eo);
-          rows.push_back(r.at(0));
+          const auto sz = ghnq::exec::size_of(archs[i].net, eo.per_arch_quant[i]);
           bits += static_cast<double>(sz.bits);
           bpw += sz.bits_per_weight();
           float_pct += sz.weights > 0 ? 100.0 * static_cast<double>(sz.float_weights) / static_cast<double>(sz.weights) : 0.0;
           std::snprintf(line, sizeof line, ",%s,%s,%.4f,%.6f,%lld,%lld,%.4f\n", archs[i].name.c_str(),
-                        archs[i].group.c_str(), r[0].top1, r[0].loss, static_cast<long long>(sz.weights),
+                        archs[i].group.c_str(), rows[i].top1, rows[i].loss, static_cast<long long>(sz.weights),
                         static_cast<long long>(sz.bits), sz.bits_per_weight());
           arch_csv += csv_field(gspec.label) + "," + csv_field(pol.name) + "," + bn + line;
-          bar.update(static_cast<std::int64_t>(i + 1));
         }
         bar.finish();
         const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

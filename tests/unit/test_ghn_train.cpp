@@ -412,3 +412,40 @@ TEST_CASE("quantization-aware GHN: starts as its float twin, predicts factors, t
   o.strat = ghn::strategy::noise;
   CHECK(ghn::quant_at(o, 0).noise);
 }
+
+TEST_CASE("ghn evaluation: per-architecture quantization equals one evaluation per architecture", "[ghn][eval][quant]") {
+  using cfg_q = ghn2q_config<backend::cpu_t, float, 8, 10>;
+  const auto ds = synthetic(70, 12, false, 7);
+  rng g(3);
+  hypernet<cfg_q> ghn(g);
+  auto archs = ghn::held_out_architectures(arch::variant::in_distribution, 3, 4, 1, 12, 12, 10);
+  REQUIRE(archs.size() == 3);
+  exec::quant_config w4, w2, fp;
+  w4.w_bits = w4.a_bits = 4;
+  w4.aq = exec::act_quantizer::pact;
+  w2.w_bits = 2;
+  w2.a_bits = 8;
+  w2.first_last_bits = 2;
+  fp.w_bits = fp.a_bits = 32;
+  ghn::eval_options eo;
+  eo.batch_size = 32;
+  eo.per_arch_quant = {w4, w2, fp};
+  const auto rows = ghn::evaluate(ghn, archs, ds, eo);  // parallel tasks, one quantization each
+  REQUIRE(rows.size() == 3);
+  for (std::size_t i = 0; i < 3; ++i) {
+    ghn::eval_options one;
+    one.batch_size = 32;
+    one.parallel = false;
+    one.quant = eo.per_arch_quant[i];
+    const auto r = ghn::evaluate(ghn, {archs[i]}, ds, one);
+    CHECK(rows[i].top1 == r.at(0).top1);
+    CHECK(rows[i].loss == r.at(0).loss);
+  }
+  // The quantization matters: W2 weights everywhere change the loss of architecture 1.
+  ghn::eval_options flt;
+  flt.batch_size = 32;
+  const auto f = ghn::evaluate(ghn, {archs[1]}, ds, flt);
+  CHECK(f.at(0).loss != rows[1].loss);
+  eo.per_arch_quant.pop_back();
+  CHECK_THROWS_AS(ghn::evaluate(ghn, archs, ds, eo), value_error);
+}

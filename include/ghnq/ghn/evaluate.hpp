@@ -104,6 +104,9 @@ struct eval_options {
   data::normalization norm;       ///< as in training
   bool parallel = true;           ///< evaluate architectures as parallel tasks
   exec::quant_config quant;       ///< quantization of the predicted networks (default: float)
+  /// Per-architecture quantization (e.g. a mixed-precision policy's per-op bit-widths, which are
+  /// per network): one entry per architecture, used instead of `quant`; empty: `quant` for all.
+  std::vector<exec::quant_config> per_arch_quant;
   eval_bn bn = eval_bn::batch_stats;
   int calib_batches = 8;          ///< calibrate_fold: training batches for the running statistics
   const data::dataset* calib_data = nullptr;  ///< calibrate_fold: the training set
@@ -209,8 +212,13 @@ std::vector<arch_eval> evaluate(const hypernet<Config>& ghn, const std::vector<e
     data::batch cb;
     for (int k = 0; k < opt.calib_batches && cl.next(cb); ++k) calib.push_back(detail::images_as<T, B>(cb.images.clone()));
   }
+  GHNQ_CHECK(opt.per_arch_quant.empty() || opt.per_arch_quant.size() == archs.size(), value_error,
+             "eval_options.per_arch_quant holds ", opt.per_arch_quant.size(), " entries for ", archs.size(),
+             " architectures");
+  auto quant_of = [&](std::size_t i) -> const exec::quant_config& {
+    return opt.per_arch_quant.empty() ? opt.quant : opt.per_arch_quant[i];
+  };
   // Prediction: one architecture at a time (the GHN's own ops use every thread).
-  const bool quantized = opt.quant.enabled();
   std::vector<std::vector<var_t>> params(archs.size());
   std::vector<exec::quant_factors<T, B>> factors(archs.size());
   std::vector<std::vector<exec::op_quant>> plans(archs.size());
@@ -219,7 +227,8 @@ std::vector<arch_eval> evaluate(const hypernet<Config>& ghn, const std::vector<e
     const auto t0 = std::chrono::steady_clock::now();
     autograd::tape<T, B> tp;
     autograd::no_grad<autograd::tape<T, B>> ng(tp);
-    if (quantized) plans[i] = exec::plan_quantization(archs[i].net, opt.quant);
+    const bool quantized = quant_of(i).enabled();
+    if (quantized) plans[i] = exec::plan_quantization(archs[i].net, quant_of(i));
     graph::graph_batch gb;
     gb.add(hypernet<Config>::graph_of(archs[i].net));
     std::vector<std::vector<exec::op_quant>> one;
@@ -243,7 +252,8 @@ std::vector<arch_eval> evaluate(const hypernet<Config>& ghn, const std::vector<e
       ro.bn = exec::bn_mode::running_stats;
       ro.fold_bn = true;
     }
-    if (quantized) ro.quant = &opt.quant;
+    const bool quantized = quant_of(i).enabled();
+    if (quantized) ro.quant = &quant_of(i);
     std::int64_t correct = 0, n = 0;
     double loss = 0.0;
     for (std::size_t k = 0; k < xs.size(); ++k) {
