@@ -449,3 +449,47 @@ TEST_CASE("ghn evaluation: per-architecture quantization equals one evaluation p
   eo.per_arch_quant.pop_back();
   CHECK_THROWS_AS(ghn::evaluate(ghn, archs, ds, eo), value_error);
 }
+
+TEST_CASE("ghn evaluation: evaluate_parameters of the predicted parameters equals evaluate", "[ghn][eval][quant]") {
+  using cfg_q = ghn2q_config<backend::cpu_t, float, 8, 10>;
+  const auto ds = synthetic(70, 12, false, 8);
+  rng g(4);
+  hypernet<cfg_q> ghn(g);
+  auto archs = ghn::held_out_architectures(arch::variant::in_distribution, 2, 5, 1, 12, 12, 10);
+  REQUIRE(archs.size() == 2);
+  for (const bool quantized : {false, true}) {
+    ghn::eval_options eo;
+    eo.batch_size = 32;
+    if (quantized) {
+      eo.quant.w_bits = eo.quant.a_bits = 4;
+      eo.quant.wq = exec::weight_quantizer::lsq;
+      eo.quant.aq = exec::act_quantizer::pact;
+    }
+    std::vector<std::vector<autograd::var<float>>> params;
+    std::vector<exec::quant_factors<float, backend::cpu_t>> factors;
+    for (const auto& a : archs) {
+      autograd::tape<float> tp;
+      autograd::no_grad<autograd::tape<float>> ng(tp);
+      graph::graph_batch gb;
+      gb.add(hypernet<cfg_q>::graph_of(a.net));
+      std::vector<std::vector<exec::op_quant>> plans;
+      if (quantized) plans.push_back(exec::plan_quantization(a.net, eo.quant));
+      auto pred = ghn.predict_quant(tp, {&a.net}, gb, quantized ? &plans : nullptr);
+      params.push_back(pred.params[0]);
+      factors.push_back(pred.factors[0]);
+    }
+    const auto want = ghn::evaluate(ghn, archs, ds, eo);
+    const auto got = ghn::evaluate_parameters(archs, params, factors, ds, eo);
+    REQUIRE(got.size() == 2);
+    for (std::size_t i = 0; i < 2; ++i) {
+      CHECK(got[i].top1 == want[i].top1);
+      CHECK(got[i].loss == want[i].loss);
+      CHECK(got[i].name == want[i].name);
+      CHECK(got[i].predict_ms == 0.0);
+    }
+    // A parameter of the wrong shape is a shape_error naming it.
+    auto bad = params;
+    bad[1][0] = autograd::var<float>(tensor<float>::zeros({3}));
+    CHECK_THROWS_AS(ghn::evaluate_parameters(archs, bad, factors, ds, eo), shape_error);
+  }
+}

@@ -176,15 +176,16 @@ inline void write_csv(const std::string& path, const std::vector<arch_eval>& row
 /// Predict the parameters of every architecture with `ghn` and measure top-1 on `test` with
 /// BatchNorm in batch-statistics mode. `on_done(i, row)` (optional) is called after each
 /// architecture, from the thread that evaluated it.
-template <class Config>
-std::vector<arch_eval> evaluate(const hypernet<Config>& ghn, const std::vector<eval_architecture>& archs,
-                                const data::dataset& test, const eval_options& opt,
-                                const std::function<void(std::size_t, const arch_eval&)>& on_done = {}) {
-  using B = typename Config::backend;
-  using T = typename Config::scalar;
+namespace detail {
+
+/// Runs every architecture on the test set with the given parameters / log-factors and fills
+/// rows[i].top1 and rows[i].loss (see evaluate). `params[i]` is released after architecture i.
+template <class T, class B>
+void run_evaluation(const std::vector<eval_architecture>& archs, std::vector<std::vector<autograd::var<T, B>>>& params,
+                    const std::vector<exec::quant_factors<T, B>>& factors, std::vector<arch_eval>& rows,
+                    const data::dataset& test, const eval_options& opt,
+                    const std::function<void(std::size_t, const arch_eval&)>& on_done) {
   using var_t = autograd::var<T, B>;
-  GHNQ_CHECK(opt.batch_size >= 1, value_error, "eval_options.batch_size = ", opt.batch_size, " < 1");
-  GHNQ_CHECK(test.size() > 0, value_error, "evaluate: test set '", test.name, "' is empty");
   const data::dataset ds = test.head(opt.max_images);
   data::loader_options lo;
   lo.batch_size = opt.batch_size;
@@ -195,13 +196,11 @@ std::vector<arch_eval> evaluate(const hypernet<Config>& ghn, const std::vector<e
   std::vector<std::vector<std::int32_t>> ys;
   data::batch b;
   while (ld.next(b)) {
-    xs.push_back(detail::images_as<T, B>(b.images.clone()));
+    xs.push_back(images_as<T, B>(b.images.clone()));
     ys.push_back(b.labels);
   }
   std::vector<var_t> calib;  // calibrate_fold: the float batches for the running statistics
   if (opt.bn == eval_bn::calibrate_fold) {
-    GHNQ_CHECK(opt.calib_data != nullptr && opt.calib_batches >= 1, value_error,
-               "evaluate: calibrate_fold needs calib_data and calib_batches >= 1");
     data::loader_options co;
     co.batch_size = opt.batch_size;
     co.shuffle = true;
@@ -210,36 +209,7 @@ std::vector<arch_eval> evaluate(const hypernet<Config>& ghn, const std::vector<e
     co.norm = opt.norm;
     data::loader cl(*opt.calib_data, co);
     data::batch cb;
-    for (int k = 0; k < opt.calib_batches && cl.next(cb); ++k) calib.push_back(detail::images_as<T, B>(cb.images.clone()));
-  }
-  GHNQ_CHECK(opt.per_arch_quant.empty() || opt.per_arch_quant.size() == archs.size(), value_error,
-             "eval_options.per_arch_quant holds ", opt.per_arch_quant.size(), " entries for ", archs.size(),
-             " architectures");
-  auto quant_of = [&](std::size_t i) -> const exec::quant_config& {
-    return opt.per_arch_quant.empty() ? opt.quant : opt.per_arch_quant[i];
-  };
-  // Prediction: one architecture at a time (the GHN's own ops use every thread).
-  std::vector<std::vector<var_t>> params(archs.size());
-  std::vector<exec::quant_factors<T, B>> factors(archs.size());
-  std::vector<std::vector<exec::op_quant>> plans(archs.size());
-  std::vector<arch_eval> rows(archs.size());
-  for (std::size_t i = 0; i < archs.size(); ++i) {
-    const auto t0 = std::chrono::steady_clock::now();
-    autograd::tape<T, B> tp;
-    autograd::no_grad<autograd::tape<T, B>> ng(tp);
-    const bool quantized = quant_of(i).enabled();
-    if (quantized) plans[i] = exec::plan_quantization(archs[i].net, quant_of(i));
-    graph::graph_batch gb;
-    gb.add(hypernet<Config>::graph_of(archs[i].net));
-    std::vector<std::vector<exec::op_quant>> one;
-    if (quantized) one.push_back(plans[i]);
-    auto pred = ghn.predict_quant(tp, {&archs[i].net}, gb, quantized ? &one : nullptr);
-    params[i] = std::move(pred.params[0]);
-    factors[i] = std::move(pred.factors[0]);
-    rows[i].predict_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    rows[i].name = archs[i].name;
-    rows[i].group = archs[i].group;
-    rows[i].num_params = arch::num_params(archs[i].net);
+    for (int k = 0; k < opt.calib_batches && cl.next(cb); ++k) calib.push_back(images_as<T, B>(cb.images.clone()));
   }
   auto run = [&](std::size_t i) {
     exec::executor<B, T> ex(archs[i].net);
@@ -252,12 +222,14 @@ std::vector<arch_eval> evaluate(const hypernet<Config>& ghn, const std::vector<e
       ro.bn = exec::bn_mode::running_stats;
       ro.fold_bn = true;
     }
-    const bool quantized = quant_of(i).enabled();
-    if (quantized) ro.quant = &quant_of(i);
+    const exec::quant_config& q = opt.per_arch_quant.empty() ? opt.quant : opt.per_arch_quant[i];
+    const bool quantized = q.enabled();
+    if (quantized) ro.quant = &q;
+    const exec::quant_factors<T, B>* f = quantized && i < factors.size() ? &factors[i] : nullptr;
     std::int64_t correct = 0, n = 0;
     double loss = 0.0;
     for (std::size_t k = 0; k < xs.size(); ++k) {
-      const auto logits = ex.forward(tp, xs[k], params[i], ro, quantized ? &factors[i] : nullptr);
+      const auto logits = ex.forward(tp, xs[k], params[i], ro, f);
       const auto l = nn::cross_entropy(tp, logits, ys[k]);
       const auto nb = static_cast<std::int64_t>(ys[k].size());
       loss += static_cast<double>(l.value().to_vector()[0]) * static_cast<double>(nb);
@@ -274,6 +246,90 @@ std::vector<arch_eval> evaluate(const hypernet<Config>& ghn, const std::vector<e
   } else {
     for (std::size_t i = 0; i < archs.size(); ++i) run(i);
   }
+}
+
+/// Checks shared by evaluate and evaluate_parameters (value_error naming the field).
+inline void check_eval_options(const eval_options& opt, const data::dataset& test, std::size_t n_archs) {
+  GHNQ_CHECK(opt.batch_size >= 1, value_error, "eval_options.batch_size = ", opt.batch_size, " < 1");
+  GHNQ_CHECK(test.size() > 0, value_error, "evaluate: test set '", test.name, "' is empty");
+  GHNQ_CHECK(opt.bn != eval_bn::calibrate_fold || (opt.calib_data != nullptr && opt.calib_batches >= 1), value_error,
+             "evaluate: calibrate_fold needs calib_data and calib_batches >= 1");
+  GHNQ_CHECK(opt.per_arch_quant.empty() || opt.per_arch_quant.size() == n_archs, value_error,
+             "eval_options.per_arch_quant holds ", opt.per_arch_quant.size(), " entries for ", n_archs,
+             " architectures");
+}
+
+inline arch_eval row_of(const eval_architecture& a) {
+  arch_eval r;
+  r.name = a.name;
+  r.group = a.group;
+  r.num_params = arch::num_params(a.net);
+  return r;
+}
+
+}  // namespace detail
+
+/// Predict every architecture's parameters with `ghn` and evaluate them (see the file comment).
+/// Quantization: `opt.quant` (or `opt.per_arch_quant[i]`) gives the plan whose bit-widths a
+/// quantization-aware GHN sees and the fake quantization of the run; predicted log-factors are used.
+/// `on_done(i, row)` is called as each architecture finishes (from a worker thread when parallel).
+template <class Config>
+std::vector<arch_eval> evaluate(const hypernet<Config>& ghn, const std::vector<eval_architecture>& archs,
+                                const data::dataset& test, const eval_options& opt,
+                                const std::function<void(std::size_t, const arch_eval&)>& on_done = {}) {
+  using B = typename Config::backend;
+  using T = typename Config::scalar;
+  using var_t = autograd::var<T, B>;
+  detail::check_eval_options(opt, test, archs.size());
+  // Prediction: one architecture at a time (the GHN's own ops use every thread).
+  std::vector<std::vector<var_t>> params(archs.size());
+  std::vector<exec::quant_factors<T, B>> factors(archs.size());
+  std::vector<arch_eval> rows(archs.size());
+  for (std::size_t i = 0; i < archs.size(); ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    autograd::tape<T, B> tp;
+    autograd::no_grad<autograd::tape<T, B>> ng(tp);
+    const exec::quant_config& q = opt.per_arch_quant.empty() ? opt.quant : opt.per_arch_quant[i];
+    std::vector<std::vector<exec::op_quant>> one;
+    if (q.enabled()) one.push_back(exec::plan_quantization(archs[i].net, q));
+    graph::graph_batch gb;
+    gb.add(hypernet<Config>::graph_of(archs[i].net));
+    auto pred = ghn.predict_quant(tp, {&archs[i].net}, gb, q.enabled() ? &one : nullptr);
+    params[i] = std::move(pred.params[0]);
+    factors[i] = std::move(pred.factors[0]);
+    rows[i] = detail::row_of(archs[i]);
+    rows[i].predict_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  }
+  detail::run_evaluation(archs, params, factors, rows, test, opt, on_done);
+  return rows;
+}
+
+/// Evaluate given parameters (e.g. a network trained from scratch, or fine-tuned): `params[i]`
+/// holds one tensor per arch::parameters(archs[i].net) entry; `factors` (empty, or one per
+/// architecture) gives quantizer log-factors. The same protocol, BN modes and quantization as
+/// evaluate; predict_ms is 0. Throws shape_error for parameters that do not fit.
+template <class T, class B>
+std::vector<arch_eval> evaluate_parameters(const std::vector<eval_architecture>& archs,
+                                           std::vector<std::vector<autograd::var<T, B>>> params,
+                                           const std::vector<exec::quant_factors<T, B>>& factors,
+                                           const data::dataset& test, const eval_options& opt,
+                                           const std::function<void(std::size_t, const arch_eval&)>& on_done = {}) {
+  detail::check_eval_options(opt, test, archs.size());
+  GHNQ_CHECK(params.size() == archs.size() && (factors.empty() || factors.size() == archs.size()), shape_error,
+             "evaluate_parameters: ", params.size(), " parameter sets and ", factors.size(), " factor sets for ",
+             archs.size(), " architectures");
+  std::vector<arch_eval> rows;
+  for (std::size_t i = 0; i < archs.size(); ++i) {
+    const auto infos = arch::parameters(archs[i].net);
+    GHNQ_CHECK(params[i].size() == infos.size(), shape_error, "evaluate_parameters: ", archs[i].name, " has ",
+               infos.size(), " parameters, ", params[i].size(), " given");
+    for (std::size_t p = 0; p < infos.size(); ++p)
+      GHNQ_CHECK(params[i][p].defined() && params[i][p].shape() == infos[p].shape, shape_error,
+                 "evaluate_parameters: ", archs[i].name, " parameter ", infos[p].name, " has shape ",
+                 params[i][p].defined() ? params[i][p].shape() : ghnq::shape{}, ", expected ", infos[p].shape);
+    rows.push_back(detail::row_of(archs[i]));
+  }
+  detail::run_evaluation(archs, params, factors, rows, test, opt, on_done);
   return rows;
 }
 
