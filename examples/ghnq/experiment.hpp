@@ -4,7 +4,10 @@
 // Rows (strategies): random-init GHN, FP (float training, quantized only at test), QAT-b fine-tuned
 // from the FP GHN at fixed W b / A b (GHN-QAT's protocol), QAT-mixed (b drawn per step from
 // {8, 4, 2}), noise (pseudo-quantization noise at 4 bits), and optionally QAT-4 / QAT-2 with LSQ and
-// PACT. Columns: FP32, W8A8, W4A4, W2A2, W4A8, W2A8 (evaluated with the quantizers the row trained
+// PACT, and the context row "scratch": the first --scratch-archs architectures trained from their
+// standard random initialization for --scratch-steps SGD steps (default one epoch) in float (SGD
+// momentum 0.9, lr 0.01 cosine, weight decay 5e-4, batch 64), then quantized at test time like FP.
+// Columns: FP32, W8A8, W4A4, W2A2, W4A8, W2A8 (evaluated with the quantizers the row trained
 // with). Cells: mean ± SE, max and min top-1 over unseen test-split architectures, for each BN mode.
 // Outputs DIR/results.csv, DIR/results.jsonl, DIR/accuracy_vs_bits.svg and DIR/<row>/ checkpoints.
 #pragma once
@@ -12,6 +15,7 @@
 #include <cstdio>
 #include <fstream>
 #include <map>
+#include <ghnq/train/finetune.hpp>
 #include <string>
 #include <vector>
 
@@ -25,6 +29,7 @@ struct study_row {
   ghnq::exec::act_quantizer aq = ghnq::exec::act_quantizer::uniform;
   bool trained = true;      // false: the random-initialization row
   bool from_fp = false;     // fine-tuned from the FP GHN for --ft-steps (QAT rows; "FP+ft", the equal-budget control)
+  bool scratch = false;     // no GHN: the first --scratch-archs architectures trained from scratch (context row)
 };
 
 struct study_cell {
@@ -84,16 +89,95 @@ inline void write_svg(const std::string& path, const std::vector<study_cell>& ce
   ghnq::io::write_file_atomic(path, out);
 }
 
+/// The "scratch" context row: train (or, with --resume, read back) the first `n` architectures from
+/// their random initialization in float, then evaluate the trained weights at every column / BN mode.
+inline void scratch_row(const study_row& row, const std::string& dir, bool resume,
+                        const std::vector<ghnq::ghn::eval_architecture>& archs, std::size_t n, long long steps,
+                        std::uint64_t seed, long long test_limit, const std::vector<std::string>& columns,
+                        const std::vector<std::string>& bns, const dataset_pair& data,
+                        const std::map<std::string, ghnq::ghn::eval_summary>& done, std::vector<study_cell>& cells,
+                        ghnq::ghn::detail::jsonl_log& log) {
+  using var_t = ghnq::autograd::var<float>;
+  const std::vector<ghnq::ghn::eval_architecture> sa(archs.begin(), archs.begin() + static_cast<std::ptrdiff_t>(std::min(n, archs.size())));
+  bool all_done = true;
+  for (const auto& bn : bns)
+    for (const auto& col : columns) all_done = all_done && done.count(row.name + "|" + col + "|" + bn) != 0;
+  std::vector<std::vector<var_t>> trained(sa.size());
+  const std::string sdir = dir + "/scratch";
+  std::filesystem::create_directories(sdir);
+  ghnq::train::finetune_options fo;
+  fo.steps = steps;
+  fo.eval_every = fo.steps;
+  fo.test_limit = test_limit;
+  fo.eval = ghnq::train::finetune_eval::batch;
+  fo.calib_batches = 0;
+  fo.norm = data.norm;
+  fo.seed = seed;
+  std::printf("== %s: %zu architectures, %lld SGD steps each (batch 64)\n", row.name.c_str(), sa.size(), steps);
+  std::fflush(stdout);
+  for (std::size_t i = 0; i < sa.size() && !all_done; ++i) {
+    const auto infos = ghnq::arch::parameters(sa[i].net);
+    const std::string path = sdir + "/" + sa[i].name + ".safetensors";
+    if (resume && std::filesystem::exists(path)) {
+      const auto f = ghnq::io::safetensors_file::load(path);
+      for (const auto& pi : infos) trained[i].push_back(var_t(f.get<float>(pi.name, pi.shape)));
+      std::printf("   %s: read back %s\n", sa[i].name.c_str(), path.c_str());
+      continue;
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto r = ghnq::train::finetune<float, ghnq::backend::cpu_t>(
+        sa[i].net, ghnq::train::random_init<float>(sa[i].net, seed + i), nullptr, data.train, data.test, fo);
+    ghnq::io::safetensors_writer w;
+    for (std::size_t p = 0; p < infos.size(); ++p) {
+      w.add(infos[p].name, r.params[p].value());
+      trained[i].push_back(var_t(r.params[p].value().clone()));
+    }
+    w.set_metadata("format", "ghnq-params/1");
+    w.set_metadata("architecture", ghnq::arch::to_json_text(sa[i].net));
+    w.save(path);
+    std::printf("   %s: %lld steps in %.0f s, top-1 %.2f%% (BN batch, float)\n", sa[i].name.c_str(),
+                static_cast<long long>(fo.steps),
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+                r.curve.empty() ? 0.0 : r.curve.back().top1_batch);
+    std::fflush(stdout);
+  }
+  for (const auto& bn : bns) {
+    for (const auto& col : columns) {
+      const auto hit = done.find(row.name + "|" + col + "|" + bn);
+      if (hit != done.end()) {
+        cells.push_back({row.name, col, bn, hit->second});
+        continue;
+      }
+      const auto q = ghnq::exec::parse_quant_name(col, {});
+      const auto rs = run_eval_with(
+          [&](const ghnq::ghn::eval_options& eo,
+              const std::function<void(std::size_t, const ghnq::ghn::arch_eval&)>& cb) {
+            return ghnq::ghn::evaluate_parameters(sa, trained, std::vector<ghnq::exec::quant_factors<float, ghnq::backend::cpu_t>>{},
+                                                  data.test, eo, cb);
+          },
+          sa.size(), data.test, data.norm, test_limit, row.name + " | " + col + " | BN " + bn, "", "", q,
+          bn == "fold" ? &data.train : nullptr, 8);
+      study_cell c{row.name, col, bn, ghnq::ghn::summarize(rs, "test")};
+      log.write({{"row", c.row}, {"column", c.column}, {"bn", c.bn}, {"n", c.s.n}, {"mean", c.s.mean},
+                 {"se", c.s.se}, {"max", c.s.max}, {"min", c.s.min}});
+      cells.push_back(c);
+    }
+  }
+}
+
 const char* kExperimentUsage =
     "usage: ghnq experiment qat --out DIR [--steps N] [--ft-steps N] [--meta-batch M] [--batch B] [--eval-archs N]\n"
-    "                           [--test-limit N] [--rows fp,fp-ft,qat8,qat4,qat2,qat-mixed,noise,lsq,pact]\n"
+    "                           [--test-limit N] [--rows fp,fp-ft,qat8,qat4,qat2,qat-mixed,noise,lsq,pact,scratch]\n"
     "                           [--columns FP32,W8A8,W4A4,W2A2,W4A8,W2A8] [--bn batch,fold] [--reduced]\n"
     "                           [--fixed-width] [--seed S] [--threads T] [--data DIR] [--fp-init FP_GHN] [--resume]\n"
+    "                           [--scratch-archs N] [--scratch-steps N]\n"
     "The GHN-QAT study: an FP GHN trained for --steps, QAT rows fine-tuned from it for --ft-steps (fp-ft: the\n"
     "same fine-tuning in float, the equal-budget control), every row\n"
     "evaluated on the same unseen test-split architectures at every column. --reduced: rows fp,qat4,qat2 and\n"
     "columns FP32,W8A8,W4A4,W2A2 with BN batch statistics only. --fp-init uses a trained FP GHN checkpoint\n"
     "(e.g. the standard run's) as the FP row and the QAT rows' starting point instead of training one.\n"
+    "scratch: the first --scratch-archs (10) architectures trained from random initialization for\n"
+    "--scratch-steps (one epoch) in float, quantized at test time (context; weights kept in DIR/scratch/).\n"
     "--resume continues a study in DIR (same options): finished cells are read back from DIR/results.jsonl,\n"
     "interrupted rows resume from their checkpoints (saved every 50 steps).\n";
 
@@ -101,13 +185,13 @@ inline int experiment_qat(int argc, char** argv) {
   const args a(argc, argv, {"--reduced", "--fixed-width", "--resume"}, kExperimentUsage);
   a.allow({"--out", "--steps", "--ft-steps", "--meta-batch", "--batch", "--eval-archs", "--test-limit", "--rows",
            "--columns", "--bn", "--reduced", "--fixed-width", "--seed", "--threads", "--data", "--fp-init",
-           "--resume"});
+           "--resume", "--scratch-archs", "--scratch-steps"});
   const auto limit = threads_from(a);
   const bool reduced = a.has("--reduced");
   const std::string dir = a.required("--out");
   std::filesystem::create_directories(dir);
   const auto data = load_data("fashion-mnist", a.str("--data"), true);
-  const auto rows_req = split_list(a.str("--rows", reduced ? "fp,qat4,qat2" : "fp,fp-ft,qat8,qat4,qat2,qat-mixed,noise,lsq,pact"));
+  const auto rows_req = split_list(a.str("--rows", reduced ? "fp,qat4,qat2" : "fp,fp-ft,qat8,qat4,qat2,qat-mixed,noise,lsq,pact,scratch"));
   const auto columns = split_list(a.str("--columns", reduced ? "FP32,W8A8,W4A4,W2A2" : "FP32,W8A8,W4A4,W2A2,W4A8,W2A8"));
   const auto bns = split_list(a.str("--bn", reduced ? "batch" : "batch,fold"));
   const long long test_limit = a.integer("--test-limit", 0);
@@ -140,12 +224,21 @@ inline int experiment_qat(int argc, char** argv) {
     } else if (r == "pact") {
       rows.push_back({"QAT-4 (pact)", ghnq::ghn::strategy::qat, 4, WQ::uniform, AQ::pact});
       rows.push_back({"QAT-2 (pact)", ghnq::ghn::strategy::qat, 2, WQ::uniform, AQ::pact});
+    } else if (r == "scratch") {
+      study_row sr{"scratch", ghnq::ghn::strategy::fp, 32, WQ::uniform, AQ::uniform, false};
+      sr.scratch = true;
+      rows.push_back(sr);
     } else {
-      throw ghnq::value_error("--rows: unknown row '" + r + "' (fp, fp-ft, qat8, qat4, qat2, qat-mixed, noise, lsq, pact)");
+      throw ghnq::value_error("--rows: unknown row '" + r +
+                              "' (fp, fp-ft, qat8, qat4, qat2, qat-mixed, noise, lsq, pact, scratch)");
     }
   }
   for (auto& row : rows) row.from_fp = row.from_fp || (row.trained && row.strat != ghnq::ghn::strategy::fp);
-  const bool need_fp = rows.size() > 1;
+  const bool need_fp = std::any_of(rows.begin(), rows.end(), [](const study_row& r) { return r.trained; });
+  const long long scratch_archs = a.integer("--scratch-archs", 10);
+  const long long scratch_steps = a.integer("--scratch-steps", data.train.size() / 64);  // one epoch
+  if (scratch_archs < 1 || scratch_steps < 1)
+    throw ghnq::value_error("--scratch-archs and --scratch-steps must be >= 1");
   std::printf("ghnq %s | experiment qat: %zu rows x %zu columns x %zu BN modes | FP %lld steps, fine-tuning %lld steps, "
               "m=%d | %zu unseen architectures, %lld test images | %d threads\n",
               ghnq::version_string, rows.size(), columns.size(), bns.size(), static_cast<long long>(base.steps),
@@ -158,7 +251,8 @@ inline int experiment_qat(int argc, char** argv) {
   const nlohmann::json study = {{"steps", base.steps}, {"ft_steps", ft_steps}, {"meta_batch", base.meta_batch},
                                 {"batch", base.batch_size}, {"sample_widths", base.sample_widths},
                                 {"seed", base.seed}, {"eval_archs", archs.size()}, {"test_limit", test_limit},
-                                {"fp_init", a.str("--fp-init")}};
+                                {"fp_init", a.str("--fp-init")}, {"scratch_archs", scratch_archs},
+                                {"scratch_steps", scratch_steps}};
   const std::string study_path = dir + "/study.json";
   std::map<std::string, ghnq::ghn::eval_summary> done;  // "row|column|bn" -> finished cell
   if (resume) {
@@ -208,6 +302,11 @@ inline int experiment_qat(int argc, char** argv) {
   const std::string fp_ckpt = fp_init.empty() ? dir + "/FP/ghn.safetensors" : fp_init;
   if (!fp_init.empty()) ghnq::ghn::read_checkpoint_info(fp_init);  // a bad file fails before any work
   for (const auto& row : rows) {
+    if (row.scratch) {
+      scratch_row(row, dir, resume, archs, static_cast<std::size_t>(scratch_archs), scratch_steps, base.seed,
+                  test_limit, columns, bns, data, done, cells, log);
+      continue;
+    }
     ghnq::rng g(base.seed);
     ghn_t ghn(g);
     std::string row_dir = dir + "/" + row.name;

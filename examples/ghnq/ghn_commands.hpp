@@ -188,12 +188,14 @@ inline std::unique_ptr<ghnq::thread_limit> threads_from(const args& a) {
 }
 
 /// Evaluate and report: table on stdout, optional CSV and a JSON line per group in `log`.
-inline std::vector<ghnq::ghn::arch_eval> run_eval(const ghn_t& ghn, const std::vector<ghnq::ghn::eval_architecture>& archs,
-                                                  const ghnq::data::dataset& test, const ghnq::data::normalization& norm,
-                                                  long long test_limit, const std::string& title,
-                                                  const std::string& csv, const std::string& log_path,
-                                                  const ghnq::exec::quant_config& quant = {},
-                                                  const ghnq::data::dataset* calib = nullptr, int calib_batches = 8) {
+/// Evaluation with a progress bar, a printed table, an optional per-architecture CSV and JSON-lines
+/// summary: `fn(eval_options, on_done)` runs the evaluation (a GHN's predictions or given parameters).
+template <class EvalFn>
+std::vector<ghnq::ghn::arch_eval> run_eval_with(EvalFn&& fn, std::size_t n_archs, const ghnq::data::dataset& test,
+                                                const ghnq::data::normalization& norm, long long test_limit,
+                                                const std::string& title, const std::string& csv,
+                                                const std::string& log_path, const ghnq::exec::quant_config& quant,
+                                                const ghnq::data::dataset* calib, int calib_batches) {
   ghnq::ghn::eval_options eo;
   eo.norm = norm;
   eo.quant = quant;
@@ -204,10 +206,10 @@ inline std::vector<ghnq::ghn::arch_eval> run_eval(const ghn_t& ghn, const std::v
   }
   eo.max_images = test_limit;
   const auto t0 = std::chrono::steady_clock::now();
-  ghnq::io::progress bar("eval", static_cast<std::int64_t>(archs.size()), "arch");
+  ghnq::io::progress bar("eval", static_cast<std::int64_t>(n_archs), "arch");
   std::atomic<std::int64_t> done{0};
   std::mutex mu;
-  const auto rows = ghnq::ghn::evaluate(ghn, archs, test, eo, [&](std::size_t, const ghnq::ghn::arch_eval&) {
+  const std::vector<ghnq::ghn::arch_eval> rows = fn(eo, [&](std::size_t, const ghnq::ghn::arch_eval&) {
     std::lock_guard<std::mutex> lk(mu);
     bar.update(++done);
   });
@@ -227,6 +229,20 @@ inline std::vector<ghnq::ghn::arch_eval> run_eval(const ghn_t& ghn, const std::v
     }
   }
   return rows;
+}
+
+/// run_eval_with for a GHN's predictions.
+inline std::vector<ghnq::ghn::arch_eval> run_eval(const ghn_t& ghn, const std::vector<ghnq::ghn::eval_architecture>& archs,
+                                                  const ghnq::data::dataset& test, const ghnq::data::normalization& norm,
+                                                  long long test_limit, const std::string& title,
+                                                  const std::string& csv, const std::string& log_path,
+                                                  const ghnq::exec::quant_config& quant = {},
+                                                  const ghnq::data::dataset* calib = nullptr, int calib_batches = 8) {
+  return run_eval_with(
+      [&](const ghnq::ghn::eval_options& eo, const std::function<void(std::size_t, const ghnq::ghn::arch_eval&)>& cb) {
+        return ghnq::ghn::evaluate(ghn, archs, test, eo, cb);
+      },
+      archs.size(), test, norm, test_limit, title, csv, log_path, quant, calib, calib_batches);
 }
 
 const char* kTrainUsage =

@@ -95,14 +95,18 @@ endif()
 # The study: a tiny QAT-4 row fine-tuned from this GHN; a second start in the same directory is an error,
 # --resume reads finished cells back, recomputes the missing ones from the row's checkpoint (no new
 # training step) and gives the same table; a changed option is an error naming it.
-set(study experiment qat --out ${dir}/study --fp-init ${dir}/ghn.safetensors --rows qat4 --columns FP32,W4A4
-    --bn batch --ft-steps 2 --meta-batch 2 --batch 16 --eval-archs 2 --test-limit 64 --fixed-width --threads 2)
+set(study experiment qat --out ${dir}/study --fp-init ${dir}/ghn.safetensors --rows qat4,scratch --columns FP32,W4A4
+    --bn batch --ft-steps 2 --meta-batch 2 --batch 16 --eval-archs 2 --test-limit 64 --fixed-width --threads 2
+    --scratch-archs 1 --scratch-steps 3)
 run(${study})
 file(READ ${dir}/study/results.csv first)
 file(STRINGS ${dir}/study/results.csv lines)
 list(LENGTH lines n)
-if(NOT n EQUAL 5)  # header + (random init, QAT-4) x (FP32, W4A4)
-  message(FATAL_ERROR "study results.csv: ${n} lines, expected 5")
+if(NOT n EQUAL 7)  # header + (random init, QAT-4, scratch) x (FP32, W4A4)
+  message(FATAL_ERROR "study results.csv: ${n} lines, expected 7")
+endif()
+if(NOT EXISTS ${dir}/study/scratch/test-0.safetensors)
+  message(FATAL_ERROR "the scratch row did not keep its trained weights")
 endif()
 execute_process(COMMAND ${GHNQ} ${study} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
 if(rc EQUAL 0 OR NOT err MATCHES "already holds a study")
@@ -113,7 +117,7 @@ list(SUBLIST cells 0 2 kept)
 list(JOIN kept "\n" kept)
 file(WRITE ${dir}/study/results.jsonl "${kept}\n")
 run(${study} --resume)
-if(NOT out MATCHES "resuming: 2 finished cells read back")
+if(NOT out MATCHES "resuming: 2 finished cells read back" OR NOT out MATCHES "test-0: read back")
   message(FATAL_ERROR "experiment qat --resume:\n${out}")
 endif()
 file(READ ${dir}/study/results.csv again)
@@ -125,9 +129,9 @@ list(LENGTH lines n)
 if(NOT n EQUAL 2)
   message(FATAL_ERROR "resuming a finished row trained again: ${n} step lines, expected 2")
 endif()
-execute_process(COMMAND ${GHNQ} experiment qat --out ${dir}/study --fp-init ${dir}/ghn.safetensors --rows qat4
+execute_process(COMMAND ${GHNQ} experiment qat --out ${dir}/study --fp-init ${dir}/ghn.safetensors --rows qat4,scratch
                 --columns FP32,W4A4 --bn batch --ft-steps 2 --meta-batch 2 --batch 16 --eval-archs 2
-                --test-limit 32 --fixed-width --resume RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+                --test-limit 32 --fixed-width --scratch-archs 1 --scratch-steps 3 --resume RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
 if(rc EQUAL 0 OR NOT err MATCHES "option 'test_limit' is 32")
   message(FATAL_ERROR "--resume with a changed option must fail naming it (rc ${rc}): ${err}")
 endif()
