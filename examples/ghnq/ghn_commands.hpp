@@ -248,21 +248,23 @@ inline std::vector<ghnq::ghn::arch_eval> run_eval(const ghn_t& ghn, const std::v
 const char* kTrainUsage =
     "usage: ghnq train-ghn --out DIR [--steps N] [--meta-batch M] [--batch B] [--lr LR] [--wd WD]\n"
     "                      [--optimizer adam|adamw] [--schedule multistep|cosine|warmup-cosine|constant]\n"
-    "                      [--warmup N] [--clip C] [--fixed-width] [--seed S] [--dataset fashion-mnist|cifar10]\n"
-    "                      [--data DIR] [--threads T] [--save-every N] [--eval-every N] [--eval-archs N]\n"
-    "                      [--eval-groups G1,G2] [--eval-test-limit N] [--resume] [--no-progress]\n"
+    "                      [--warmup N] [--clip C] [--net-clip C] [--fixed-width] [--seed S]\n"
+    "                      [--dataset fashion-mnist|cifar10] [--data DIR] [--threads T] [--save-every N]\n"
+    "                      [--eval-every N] [--eval-archs N] [--eval-groups G1,G2] [--eval-test-limit N]\n"
+    "                      [--resume] [--no-progress]\n"
     "                      [--strategy fp|qat|qat-mixed|noise] [--bits B | --wbits B --abits B]\n"
     "                      [--wq uniform|lsq|binary|ternary] [--aq uniform|lsq|pact] [--first-last-bits B]\n"
     "                      [--mixed-bits 8,4,2] [--init CHECKPOINT] [--eval-quant FP32,W8A8,...]\n"
     "Trains a GHN-2 (ghn2-cifar10 configuration) on meta-batches of DeepNets-1M train-split architectures.\n"
     "Writes DIR/ghn.safetensors (resumable checkpoint), DIR/train.jsonl (log), DIR/eval.csv (final evaluation).\n"
     "--resume continues DIR/ghn.safetensors with the options stored in it. --init starts from another\n"
-    "checkpoint's GHN weights (e.g. QAT fine-tuned from a float GHN) with a fresh optimizer.\n";
+    "checkpoint's GHN weights (e.g. QAT fine-tuned from a float GHN) with a fresh optimizer.\n"
+    "--net-clip C caps each network's gradient norm at its predicted tensors (0: off, the reference).\n";
 
 inline int train_ghn(int argc, char** argv) {
   const args a(argc, argv, {"--fixed-width", "--resume", "--no-progress"}, kTrainUsage);
   a.allow({"--out", "--steps", "--meta-batch", "--batch", "--lr", "--wd", "--optimizer", "--schedule", "--warmup",
-           "--clip", "--fixed-width", "--seed", "--dataset", "--data", "--threads", "--save-every", "--eval-every",
+           "--clip", "--net-clip", "--fixed-width", "--seed", "--dataset", "--data", "--threads", "--save-every", "--eval-every",
            "--eval-archs", "--eval-groups", "--eval-test-limit", "--resume", "--no-progress", "--strategy", "--bits",
            "--wbits", "--abits", "--wq", "--aq", "--first-last-bits", "--mixed-bits", "--init", "--eval-quant"});
   const auto limit = threads_from(a);
@@ -276,7 +278,7 @@ inline int train_ghn(int argc, char** argv) {
     // The training options travel with the checkpoint (that is what makes resume exact): giving
     // one again would be silently ignored, so it is an error.
     for (const char* k : {"--steps", "--meta-batch", "--batch", "--lr", "--wd", "--optimizer", "--schedule", "--warmup",
-                          "--clip", "--fixed-width", "--seed", "--strategy", "--bits", "--wbits", "--abits", "--wq",
+                          "--clip", "--net-clip", "--fixed-width", "--seed", "--strategy", "--bits", "--wbits", "--abits", "--wq",
                           "--aq", "--first-last-bits", "--mixed-bits", "--init"})
       if (a.has(k))
         throw ghnq::value_error(std::string(k) + " cannot be combined with --resume: the run continues with the training "
@@ -294,6 +296,7 @@ inline int train_ghn(int argc, char** argv) {
     o.schedule = ghnq::ghn::parse_schedule(a.str("--schedule", "multistep"));
     o.warmup = a.integer("--warmup", 0);
     o.grad_clip = a.real("--clip", 5.0);
+    o.net_grad_clip = a.real("--net-clip", 0.0);
     o.sample_widths = !a.has("--fixed-width");
     o.seed = static_cast<std::uint64_t>(a.integer("--seed", 1111));
     o.norm = data.norm;

@@ -8,6 +8,7 @@
 #include <set>
 #include <sstream>
 
+#include "ghnq/ghn/checkpoint.hpp"
 #include "ghnq/ghn/evaluate.hpp"
 #include "ghnq/ghn/trainer.hpp"
 
@@ -492,4 +493,41 @@ TEST_CASE("ghn evaluation: evaluate_parameters of the predicted parameters equal
     bad[1][0] = autograd::var<float>(tensor<float>::zeros({3}));
     CHECK_THROWS_AS(ghn::evaluate_parameters(archs, bad, factors, ds, eo), shape_error);
   }
+}
+
+TEST_CASE("ghn training: per-network gradient clipping", "[ghn][train]") {
+  const auto ds = synthetic(64, 12, false, 9);
+  auto o = small_options();
+  o.grad_clip = 0;  // the reported norm is then the update's
+  // Off, or a cap above every network's norm: the same step, bit for bit.
+  rng g1(6), g2(6);
+  hypernet<cfg_d> a(g1), b(g2);
+  ghn::trainer<cfg_d> ta(a, ds, o);
+  auto ob = o;
+  ob.net_grad_clip = 1e30;
+  ghn::trainer<cfg_d> tb(b, ds, ob);
+  const auto ra = ta.step(), rb = tb.step();
+  REQUIRE(ra.net_grad_max > 0);
+  CHECK(rb.net_grad_max == ra.net_grad_max);
+  CHECK(rb.grad_norm == ra.grad_norm);
+  CHECK(rb.nets_clipped == 0);
+  CHECK(values(a) == values(b));
+  // One network per step: its gradient scaled to norm c scales the GHN gradient by c / norm.
+  o.meta_batch = 1;
+  rng g3(8), g4(8);
+  hypernet<cfg_d> c(g3), d(g4);
+  ghn::trainer<cfg_d> tc(c, ds, o);
+  auto od = o;
+  od.net_grad_clip = 1e-3;
+  ghn::trainer<cfg_d> td(d, ds, od);
+  const auto rc = tc.step(), rd = td.step();
+  REQUIRE(rc.net_grad_max > 1e-3);
+  CHECK(rd.nets_clipped == 1);
+  CHECK(rd.net_grad_max == rc.net_grad_max);
+  CHECK(rd.grad_norm == Approx(rc.grad_norm * 1e-3 / rc.net_grad_max).epsilon(1e-9));
+  // Stored in checkpoints' training options; absent (older checkpoints): off.
+  auto j = ghn::to_json(od);
+  CHECK(ghn::train_options_from_json(j).net_grad_clip == 1e-3);
+  j.erase("net_grad_clip");
+  CHECK(ghn::train_options_from_json(j).net_grad_clip == 0.0);
 }

@@ -82,6 +82,7 @@ inline nlohmann::json to_json(const train_options& o) {
   j["lr"] = o.lr;
   j["weight_decay"] = o.weight_decay;
   j["grad_clip"] = o.grad_clip;
+  j["net_grad_clip"] = o.net_grad_clip;
   j["schedule"] = to_string(o.schedule);
   j["milestones"] = o.milestones;
   j["gamma"] = o.gamma;
@@ -144,6 +145,7 @@ inline train_options train_options_from_json(const nlohmann::json& j, const std:
   o.lr = ck_get<double>(j, "lr", file);
   o.weight_decay = ck_get<double>(j, "weight_decay", file);
   o.grad_clip = ck_get<double>(j, "grad_clip", file);
+  o.net_grad_clip = j.contains("net_grad_clip") ? ck_get<double>(j, "net_grad_clip", file) : 0.0;  // absent before 0.1.1
   try {
     o.schedule = parse_schedule(ck_get<std::string>(j, "schedule", file));
   } catch (const value_error& e) {

@@ -24,6 +24,7 @@
 /// \endcode
 #pragma once
 #include <chrono>
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <memory>
@@ -104,6 +105,10 @@ struct train_options {
   double lr = 1e-3;
   double weight_decay = 1e-5;
   double grad_clip = 5.0;           ///< global L2 norm; <= 0 disables clipping
+  /// Per-network cap on the L2 norm of the loss gradient reaching one network's predicted tensors
+  /// (and quantizer log-factors), applied before the mean over networks; a network whose gradient
+  /// is not finite contributes nothing. <= 0 disables it (GHN-2's reference: only `grad_clip`).
+  double net_grad_clip = 0.0;
   schedule_kind schedule = schedule_kind::multi_step;
   std::vector<double> milestones = {2.0 / 3.0, 5.0 / 6.0};  ///< fractions of `steps` (200/300, 250/300)
   double gamma = 0.1;
@@ -133,6 +138,8 @@ struct step_result {
   double seconds = 0.0;        ///< wall time of the step
   std::int64_t target_params = 0;  ///< parameters predicted (sum over the m networks)
   int w_bits = 32, a_bits = 32;    ///< global bit-widths of this step (32: float)
+  double net_grad_max = 0.0;       ///< largest per-network gradient norm at the predicted tensors
+  int nets_clipped = 0;            ///< networks scaled down (or dropped) by net_grad_clip
 };
 
 /// Derive an independent 64-bit seed for stream `stream` of step `step`.
@@ -320,18 +327,41 @@ class trainer {
       tp.clear();
       return finish_skipped(r, t0);
     }
-    // Mean over networks: every predicted tensor belongs to exactly one network.
-    const T inv_m = T(1.0 / m);
-    auto scale = [inv_m](const var_t& p) {
-      if (!p.defined() || !p.requires_grad() || !p.has_grad()) return;
-      T* d = p.grad().data();
-      for (std::int64_t i = 0, n = p.grad().numel(); i < n; ++i) d[i] *= inv_m;
+    // Mean over networks: every predicted tensor (and log-factor) belongs to exactly one network;
+    // a log-factor var may serve several ops of its network, so each distinct one is visited once.
+    auto for_each_grad = [&](std::size_t k, auto&& fn) {
+      std::vector<const T*> seen;
+      auto visit = [&](const var_t& p) {
+        if (!p.defined() || !p.requires_grad() || !p.has_grad()) return;
+        const T* key = p.grad().data();
+        if (std::find(seen.begin(), seen.end(), key) != seen.end()) return;
+        seen.push_back(key);
+        fn(p.grad().data(), p.grad().numel());
+      };
+      for (const auto& p : preds[k]) visit(p);
+      if (k < pred.factors.size()) {
+        for (const auto& p : pred.factors[k].weight) visit(p);
+        for (const auto& p : pred.factors[k].input) visit(p);
+      }
     };
-    for (const auto& ps : preds)
-      for (const auto& p : ps) scale(p);
-    for (const auto& f : pred.factors) {  // predicted quantizer log-factors (shared vars appear once per op)
-      for (const auto& p : f.weight) scale(p);
-      for (const auto& p : f.input) scale(p);
+    for (std::size_t k = 0; k < preds.size(); ++k) {
+      double sq = 0.0;
+      for_each_grad(k, [&](const T* d, std::int64_t n) {
+        for (std::int64_t i = 0; i < n; ++i) sq += static_cast<double>(d[i]) * static_cast<double>(d[i]);
+      });
+      const double norm = std::sqrt(sq);
+      r.net_grad_max = std::isfinite(norm) ? std::max(r.net_grad_max, norm) : norm;
+      double c = 1.0;
+      if (opt_.net_grad_clip > 0 && !(norm <= opt_.net_grad_clip)) {
+        c = std::isfinite(norm) ? opt_.net_grad_clip / norm : 0.0;
+        ++r.nets_clipped;
+      }
+      const T f = T(c / m);
+      for_each_grad(k, [f](T* d, std::int64_t n) {
+        if (f == T(0)) std::fill(d, d + n, T(0));
+        else
+          for (std::int64_t i = 0; i < n; ++i) d[i] *= f;
+      });
     }
     tp.backward_accumulated();
     r.grad_norm = opt_.grad_clip > 0 ? train::clip_grad_norm(params_, opt_.grad_clip) : train::grad_norm(params_);
