@@ -1,7 +1,8 @@
 // ghnq command-line driver: `ghnq experiment qat`, the GHN-QAT study. Included by main.cpp after
 // ghn_commands.hpp.
 //
-// Rows (strategies): random-init GHN, FP (float training, quantized only at test), QAT-b fine-tuned
+// Rows (strategies): random-init GHN, FP (float training, quantized only at test), FP (lsq) (the
+// same GHN quantized at test time with LSQ's initial steps, the baseline of the LSQ rows), QAT-b fine-tuned
 // from the FP GHN at fixed W b / A b (GHN-QAT's protocol), QAT-mixed (b drawn per step from
 // {8, 4, 2}), noise (pseudo-quantization noise at 4 bits), and optionally QAT-4 / QAT-2 with LSQ and
 // PACT, and the context row "scratch": the first --scratch-archs architectures trained from their
@@ -30,6 +31,7 @@ struct study_row {
   bool trained = true;      // false: the random-initialization row
   bool from_fp = false;     // fine-tuned from the FP GHN for --ft-steps (QAT rows; "FP+ft", the equal-budget control)
   bool scratch = false;     // no GHN: the first --scratch-archs architectures trained from scratch (context row)
+  bool reuse_fp = false;    // the FP GHN itself, evaluated with this row's quantizers (no training)
 };
 
 struct study_cell {
@@ -167,13 +169,14 @@ inline void scratch_row(const study_row& row, const std::string& dir, bool resum
 
 const char* kExperimentUsage =
     "usage: ghnq experiment qat --out DIR [--steps N] [--ft-steps N] [--meta-batch M] [--batch B] [--eval-archs N]\n"
-    "                           [--test-limit N] [--rows fp,fp-ft,qat8,qat4,qat2,qat-mixed,noise,lsq,pact,scratch]\n"
+    "                           [--test-limit N] [--rows fp,fp-lsq,fp-ft,qat8,qat4,qat2,qat-mixed,noise,lsq,pact,scratch]\n"
     "                           [--columns FP32,W8A8,W4A4,W2A2,W4A8,W2A8] [--bn batch,fold] [--reduced]\n"
     "                           [--fixed-width] [--seed S] [--threads T] [--data DIR] [--fp-init FP_GHN] [--resume]\n"
     "                           [--scratch-archs N] [--scratch-steps N]\n"
-    "The GHN-QAT study: an FP GHN trained for --steps, QAT rows fine-tuned from it for --ft-steps (fp-ft: the\n"
-    "same fine-tuning in float, the equal-budget control), every row\n"
-    "evaluated on the same unseen test-split architectures at every column. --reduced: rows fp,qat4,qat2 and\n"
+    "The GHN-QAT study: an FP GHN trained for --steps (fp-lsq: the same GHN with LSQ quantizers at test\n"
+    "time), QAT rows fine-tuned from it for --ft-steps (fp-ft: the same fine-tuning in float, the\n"
+    "equal-budget control), every row evaluated on the same unseen test-split architectures at every\n"
+    "column. --reduced: rows fp,qat4,qat2 and\n"
     "columns FP32,W8A8,W4A4,W2A2 with BN batch statistics only. --fp-init uses a trained FP GHN checkpoint\n"
     "(e.g. the standard run's) as the FP row and the QAT rows' starting point instead of training one.\n"
     "scratch: the first --scratch-archs (10) architectures trained from random initialization for\n"
@@ -191,7 +194,7 @@ inline int experiment_qat(int argc, char** argv) {
   const std::string dir = a.required("--out");
   std::filesystem::create_directories(dir);
   const auto data = load_data("fashion-mnist", a.str("--data"), true);
-  const auto rows_req = split_list(a.str("--rows", reduced ? "fp,qat4,qat2" : "fp,fp-ft,qat8,qat4,qat2,qat-mixed,noise,lsq,pact,scratch"));
+  const auto rows_req = split_list(a.str("--rows", reduced ? "fp,qat4,qat2" : "fp,fp-lsq,fp-ft,qat8,qat4,qat2,qat-mixed,noise,lsq,pact,scratch"));
   const auto columns = split_list(a.str("--columns", reduced ? "FP32,W8A8,W4A4,W2A2" : "FP32,W8A8,W4A4,W2A2,W4A8,W2A8"));
   const auto bns = split_list(a.str("--bn", reduced ? "batch" : "batch,fold"));
   const long long test_limit = a.integer("--test-limit", 0);
@@ -212,7 +215,11 @@ inline int experiment_qat(int argc, char** argv) {
   using AQ = ghnq::exec::act_quantizer;
   for (const auto& r : rows_req) {
     if (r == "fp") rows.push_back({"FP", ghnq::ghn::strategy::fp, 32, WQ::uniform, AQ::uniform});
-    else if (r == "fp-ft") rows.push_back({"FP+ft", ghnq::ghn::strategy::fp, 32, WQ::uniform, AQ::uniform, true, true});
+    else if (r == "fp-lsq") {
+      study_row fr{"FP (lsq)", ghnq::ghn::strategy::fp, 32, WQ::lsq, AQ::lsq};
+      fr.reuse_fp = true;
+      rows.push_back(fr);
+    } else if (r == "fp-ft") rows.push_back({"FP+ft", ghnq::ghn::strategy::fp, 32, WQ::uniform, AQ::uniform, true, true});
     else if (r == "qat8") rows.push_back({"QAT-8", ghnq::ghn::strategy::qat, 8, WQ::uniform, AQ::uniform});
     else if (r == "qat4") rows.push_back({"QAT-4", ghnq::ghn::strategy::qat, 4, WQ::uniform, AQ::uniform});
     else if (r == "qat2") rows.push_back({"QAT-2", ghnq::ghn::strategy::qat, 2, WQ::uniform, AQ::uniform});
@@ -230,7 +237,7 @@ inline int experiment_qat(int argc, char** argv) {
       rows.push_back(sr);
     } else {
       throw ghnq::value_error("--rows: unknown row '" + r +
-                              "' (fp, fp-ft, qat8, qat4, qat2, qat-mixed, noise, lsq, pact, scratch)");
+                              "' (fp, fp-lsq, fp-ft, qat8, qat4, qat2, qat-mixed, noise, lsq, pact, scratch)");
     }
   }
   for (auto& row : rows) row.from_fp = row.from_fp || (row.trained && row.strat != ghnq::ghn::strategy::fp);
@@ -312,7 +319,12 @@ inline int experiment_qat(int argc, char** argv) {
     std::string row_dir = dir + "/" + row.name;
     for (auto& c : row_dir)
       if (c == ' ' || c == '(' || c == ')') c = '_';
-    if (row.trained && !row.from_fp && !fp_init.empty()) {
+    if (row.reuse_fp) {
+      if (!std::filesystem::exists(fp_ckpt))
+        throw ghnq::value_error("row '" + row.name + "' evaluates the FP GHN: list the fp row before it, or give --fp-init");
+      ghnq::ghn::load_checkpoint(fp_ckpt, ghn);
+      std::printf("== %s: %s\n", row.name.c_str(), fp_ckpt.c_str());
+    } else if (row.trained && !row.from_fp && !fp_init.empty()) {
       ghnq::ghn::load_checkpoint(fp_init, ghn);
       std::printf("== %s: %s\n", row.name.c_str(), fp_init.c_str());
     } else if (row.trained) {

@@ -95,15 +95,15 @@ endif()
 # The study: a tiny QAT-4 row fine-tuned from this GHN; a second start in the same directory is an error,
 # --resume reads finished cells back, recomputes the missing ones from the row's checkpoint (no new
 # training step) and gives the same table; a changed option is an error naming it.
-set(study experiment qat --out ${dir}/study --fp-init ${dir}/ghn.safetensors --rows qat4,scratch --columns FP32,W4A4
+set(study experiment qat --out ${dir}/study --fp-init ${dir}/ghn.safetensors --rows fp-lsq,qat4,scratch --columns FP32,W4A4
     --bn batch --ft-steps 2 --meta-batch 2 --batch 16 --eval-archs 2 --test-limit 64 --fixed-width --threads 2
     --scratch-archs 1 --scratch-steps 3)
 run(${study})
 file(READ ${dir}/study/results.csv first)
 file(STRINGS ${dir}/study/results.csv lines)
 list(LENGTH lines n)
-if(NOT n EQUAL 7)  # header + (random init, QAT-4, scratch) x (FP32, W4A4)
-  message(FATAL_ERROR "study results.csv: ${n} lines, expected 7")
+if(NOT n EQUAL 9)  # header + (random init, FP (lsq), QAT-4, scratch) x (FP32, W4A4)
+  message(FATAL_ERROR "study results.csv: ${n} lines, expected 9")
 endif()
 if(NOT EXISTS ${dir}/study/scratch/test-0.safetensors)
   message(FATAL_ERROR "the scratch row did not keep its trained weights")
@@ -129,7 +129,7 @@ list(LENGTH lines n)
 if(NOT n EQUAL 2)
   message(FATAL_ERROR "resuming a finished row trained again: ${n} step lines, expected 2")
 endif()
-execute_process(COMMAND ${GHNQ} experiment qat --out ${dir}/study --fp-init ${dir}/ghn.safetensors --rows qat4,scratch
+execute_process(COMMAND ${GHNQ} experiment qat --out ${dir}/study --fp-init ${dir}/ghn.safetensors --rows fp-lsq,qat4,scratch
                 --columns FP32,W4A4 --bn batch --ft-steps 2 --meta-batch 2 --batch 16 --eval-archs 2
                 --test-limit 32 --fixed-width --scratch-archs 1 --scratch-steps 3 --resume RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
 if(rc EQUAL 0 OR NOT err MATCHES "option 'test_limit' is 32")
