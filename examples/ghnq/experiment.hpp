@@ -4,8 +4,8 @@
 // Rows (strategies): random-init GHN, FP (float training, quantized only at test), FP (lsq) (the
 // same GHN quantized at test time with LSQ's initial steps, the baseline of the LSQ rows), QAT-b fine-tuned
 // from the FP GHN at fixed W b / A b (GHN-QAT's protocol), QAT-mixed (b drawn per step from
-// {8, 4, 2}), noise (pseudo-quantization noise at 4 bits), and optionally QAT-4 / QAT-2 with LSQ and
-// PACT, and the context row "scratch": the first --scratch-archs architectures trained from their
+// {8, 4, 2}), noise (pseudo-quantization noise at 4 bits), QAT-4 / QAT-2 / QAT-mixed with LSQ and
+// QAT-4 / QAT-2 with PACT, and the context row "scratch": the first --scratch-archs architectures trained from their
 // standard random initialization for --scratch-steps SGD steps (default one epoch) in float (SGD
 // momentum 0.9, lr 0.01 cosine, weight decay 5e-4, batch 64), then quantized at test time like FP.
 // Columns: FP32, W8A8, W4A4, W2A2, W4A8, W2A8 (evaluated with the quantizers the row trained
@@ -228,6 +228,7 @@ inline int experiment_qat(int argc, char** argv) {
     else if (r == "lsq") {
       rows.push_back({"QAT-4 (lsq)", ghnq::ghn::strategy::qat, 4, WQ::lsq, AQ::lsq});
       rows.push_back({"QAT-2 (lsq)", ghnq::ghn::strategy::qat, 2, WQ::lsq, AQ::lsq});
+      rows.push_back({"QAT-mixed (lsq)", ghnq::ghn::strategy::qat_mixed, 0, WQ::lsq, AQ::lsq});
     } else if (r == "pact") {
       rows.push_back({"QAT-4 (pact)", ghnq::ghn::strategy::qat, 4, WQ::uniform, AQ::pact});
       rows.push_back({"QAT-2 (pact)", ghnq::ghn::strategy::qat, 2, WQ::uniform, AQ::pact});
