@@ -277,8 +277,11 @@ inline int experiment_qat(int argc, char** argv) {
         throw ghnq::value_error("--resume: option '" + it.key() + "' is " + it.value().dump() + ", the study in " + dir +
                                 " used " + (prev.contains(it.key()) ? prev.at(it.key()).dump() : std::string("nothing")));
     std::ifstream rf(dir + "/results.jsonl");
-    std::string line;
-    for (int ln = 1; std::getline(rf, line); ++ln) {
+    std::vector<std::string> lines;
+    for (std::string line; std::getline(rf, line);) lines.push_back(line);
+    bool dropped_last = false;
+    for (std::size_t ln = 1; ln <= lines.size(); ++ln) {
+      const std::string& line = lines[ln - 1];
       if (line.empty()) continue;
       nlohmann::json j;
       try {
@@ -293,9 +296,19 @@ inline int experiment_qat(int argc, char** argv) {
         done[j.at("row").get<std::string>() + "|" + j.at("column").get<std::string>() + "|" +
              j.at("bn").get<std::string>()] = s;
       } catch (const nlohmann::json::exception& e) {
+        if (ln == lines.size()) {  // a write cut short by the interruption: that cell is recomputed
+          std::printf("note: ignoring the incomplete last line of %s/results.jsonl\n", dir.c_str());
+          dropped_last = true;
+          break;
+        }
         throw ghnq::io_error(dir + "/results.jsonl", "line " + std::to_string(ln) + ": " + e.what());
       }
     }
+    // Rewrite the log as its complete lines, so that appending continues on a fresh line.
+    std::string kept;
+    for (std::size_t ln = 0; ln < lines.size(); ++ln)
+      if (!lines[ln].empty() && !(ln + 1 == lines.size() && dropped_last)) kept += lines[ln] + "\n";
+    ghnq::io::write_file_atomic(dir + "/results.jsonl", kept);
     std::printf("resuming: %zu finished cells read back\n", done.size());
   } else {
     if (std::filesystem::exists(study_path) || std::filesystem::exists(dir + "/results.jsonl"))
