@@ -6,8 +6,9 @@
 // from the FP GHN at fixed W b / A b (GHN-QAT's protocol), QAT-mixed (b drawn per step from
 // {8, 4, 2}), noise (pseudo-quantization noise at 4 bits), QAT-4 / QAT-2 / QAT-mixed with LSQ and
 // QAT-4 / QAT-2 with PACT, and the context row "scratch": the first --scratch-archs architectures trained from their
-// standard random initialization for --scratch-steps SGD steps (default one epoch) in float (SGD
-// momentum 0.9, lr 0.01 cosine, weight decay 5e-4, batch 64), then quantized at test time like FP.
+// standard random initialization for --scratch-steps SGD steps (default one epoch) in float
+// (train::finetune's defaults: SGD momentum 0.9, lr 0.01 cosine, weight decay 5e-4, gradient norm
+// clipped at 5, dropout on, batch 64), then quantized at test time like FP.
 // Columns: FP32, W8A8, W4A4, W2A2, W4A8, W2A8 (evaluated with the quantizers the row trained
 // with). Cells: mean ± SE, max and min top-1 over unseen test-split architectures, for each BN mode.
 // Outputs DIR/results.csv, DIR/results.jsonl, DIR/accuracy_vs_bits.svg and DIR/<row>/ checkpoints.
@@ -122,6 +123,9 @@ inline void scratch_row(const study_row& row, const std::string& dir, bool resum
     const std::string path = sdir + "/" + sa[i].name + ".safetensors";
     if (resume && std::filesystem::exists(path)) {
       const auto f = ghnq::io::safetensors_file::load(path);
+      if (!f.has_metadata("architecture") || f.metadata("architecture") != ghnq::arch::to_json_text(sa[i].net))
+        throw ghnq::io_error(path, "holds the weights of another architecture than " + sa[i].name +
+                                       " (a study with other options wrote it?)");
       for (const auto& pi : infos) trained[i].push_back(var_t(f.get<float>(pi.name, pi.shape)));
       std::printf("   %s: read back %s\n", sa[i].name.c_str(), path.c_str());
       continue;
@@ -243,10 +247,25 @@ inline int experiment_qat(int argc, char** argv) {
   }
   for (auto& row : rows) row.from_fp = row.from_fp || (row.trained && row.strat != ghnq::ghn::strategy::fp);
   const bool need_fp = std::any_of(rows.begin(), rows.end(), [](const study_row& r) { return r.trained; });
-  const long long scratch_archs = a.integer("--scratch-archs", 10);
-  const long long scratch_steps = a.integer("--scratch-steps", data.train.size() / 64);  // one epoch
-  if (scratch_archs < 1 || scratch_steps < 1)
+  const bool has_scratch = std::any_of(rows.begin(), rows.end(), [](const study_row& r) { return r.scratch; });
+  const long long scratch_archs = has_scratch ? a.integer("--scratch-archs", 10) : 0;
+  const long long scratch_steps = has_scratch ? a.integer("--scratch-steps", data.train.size() / 64) : 0;  // one epoch
+  if (has_scratch && (scratch_archs < 1 || scratch_steps < 1))
     throw ghnq::value_error("--scratch-archs and --scratch-steps must be >= 1");
+  // Every row that starts from the FP GHN needs it: --fp-init, or the fp row listed before it.
+  const std::string fp_init = a.str("--fp-init");
+  nlohmann::json fp_id = nullptr;  // what identifies the given FP GHN (a file can be rewritten)
+  if (!fp_init.empty()) {
+    const auto info = ghnq::ghn::read_checkpoint_info(fp_init);  // a bad file fails before any work
+    fp_id = {{"path", std::filesystem::weakly_canonical(fp_init).string()}, {"step", info.step},
+             {"bytes", std::filesystem::file_size(fp_init)}};
+  }
+  bool fp_ready = !fp_init.empty();
+  for (const auto& row : rows) {
+    if ((row.from_fp || row.reuse_fp) && !fp_ready)
+      throw ghnq::value_error("row '" + row.name + "' starts from the FP GHN: list the fp row before it, or give --fp-init");
+    if (row.trained && !row.from_fp && !row.reuse_fp) fp_ready = true;
+  }
   std::printf("ghnq %s | experiment qat: %zu rows x %zu columns x %zu BN modes | FP %lld steps, fine-tuning %lld steps, "
               "m=%d | %zu unseen architectures, %lld test images | %d threads\n",
               ghnq::version_string, rows.size(), columns.size(), bns.size(), static_cast<long long>(base.steps),
@@ -259,7 +278,7 @@ inline int experiment_qat(int argc, char** argv) {
   const nlohmann::json study = {{"steps", base.steps}, {"ft_steps", ft_steps}, {"meta_batch", base.meta_batch},
                                 {"batch", base.batch_size}, {"sample_widths", base.sample_widths},
                                 {"seed", base.seed}, {"eval_archs", archs.size()}, {"test_limit", test_limit},
-                                {"fp_init", a.str("--fp-init")}, {"scratch_archs", scratch_archs},
+                                {"fp_init", fp_id}, {"scratch_archs", scratch_archs},
                                 {"scratch_steps", scratch_steps}};
   const std::string study_path = dir + "/study.json";
   std::map<std::string, ghnq::ghn::eval_summary> done;  // "row|column|bn" -> finished cell
@@ -319,9 +338,7 @@ inline int experiment_qat(int argc, char** argv) {
   const auto t_start = std::chrono::steady_clock::now();
   std::vector<study_cell> cells;
   ghnq::ghn::detail::jsonl_log log(dir + "/results.jsonl");
-  const std::string fp_init = a.str("--fp-init");
   const std::string fp_ckpt = fp_init.empty() ? dir + "/FP/ghn.safetensors" : fp_init;
-  if (!fp_init.empty()) ghnq::ghn::read_checkpoint_info(fp_init);  // a bad file fails before any work
   for (const auto& row : rows) {
     if (row.scratch) {
       scratch_row(row, dir, resume, archs, static_cast<std::size_t>(scratch_archs), scratch_steps, base.seed,
@@ -334,8 +351,6 @@ inline int experiment_qat(int argc, char** argv) {
     for (auto& c : row_dir)
       if (c == ' ' || c == '(' || c == ')') c = '_';
     if (row.reuse_fp) {
-      if (!std::filesystem::exists(fp_ckpt))
-        throw ghnq::value_error("row '" + row.name + "' evaluates the FP GHN: list the fp row before it, or give --fp-init");
       ghnq::ghn::load_checkpoint(fp_ckpt, ghn);
       std::printf("== %s: %s\n", row.name.c_str(), fp_ckpt.c_str());
     } else if (row.trained && !row.from_fp && !fp_init.empty()) {

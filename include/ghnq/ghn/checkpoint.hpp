@@ -145,7 +145,7 @@ inline train_options train_options_from_json(const nlohmann::json& j, const std:
   o.lr = ck_get<double>(j, "lr", file);
   o.weight_decay = ck_get<double>(j, "weight_decay", file);
   o.grad_clip = ck_get<double>(j, "grad_clip", file);
-  o.net_grad_clip = j.contains("net_grad_clip") ? ck_get<double>(j, "net_grad_clip", file) : 0.0;  // absent before 0.1.1
+  o.net_grad_clip = j.contains("net_grad_clip") ? ck_get<double>(j, "net_grad_clip", file) : 0.0;  // absent in older checkpoints
   try {
     o.schedule = parse_schedule(ck_get<std::string>(j, "schedule", file));
   } catch (const value_error& e) {

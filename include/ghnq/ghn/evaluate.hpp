@@ -173,9 +173,6 @@ inline void write_csv(const std::string& path, const std::vector<arch_eval>& row
   io::write_file_atomic(path, text);
 }
 
-/// Predict the parameters of every architecture with `ghn` and measure top-1 on `test` with
-/// BatchNorm in batch-statistics mode. `on_done(i, row)` (optional) is called after each
-/// architecture, from the thread that evaluated it.
 namespace detail {
 
 /// Runs every architecture on the test set with the given parameters / log-factors and fills
@@ -269,10 +266,10 @@ inline arch_eval row_of(const eval_architecture& a) {
 
 }  // namespace detail
 
-/// Predict every architecture's parameters with `ghn` and evaluate them (see the file comment).
-/// Quantization: `opt.quant` (or `opt.per_arch_quant[i]`) gives the plan whose bit-widths a
+/// Predict every architecture's parameters with `ghn` and measure top-1 on `test` with BatchNorm
+/// in batch-statistics mode (or calibrate-then-fold, `opt.bn`). Quantization: `opt.quant` (or `opt.per_arch_quant[i]`) gives the plan whose bit-widths a
 /// quantization-aware GHN sees and the fake quantization of the run; predicted log-factors are used.
-/// `on_done(i, row)` is called as each architecture finishes (from a worker thread when parallel).
+/// `on_done(i, row)` (optional) is called after each architecture, from the thread that evaluated it.
 template <class Config>
 std::vector<arch_eval> evaluate(const hypernet<Config>& ghn, const std::vector<eval_architecture>& archs,
                                 const data::dataset& test, const eval_options& opt,

@@ -4,7 +4,7 @@
 /// periodic evaluation on a fixed set of unseen architectures (accuracy versus steps).
 ///
 /// Log lines (one JSON object per line, appended, so a resumed run continues its log):
-///   {"event":"step","step":s,"loss":..,"acc":..,"lr":..,"grad_norm":..,"net_grad_max":..,"nets_clipped":k,"skipped":b,"seconds":..,"elapsed":..}
+///   {"event":"step","step":s,"loss":..,"acc":..,"lr":..,"grad_norm":..,"net_grad_max":..,"nets_clipped":k,"nets_dropped":k,"skipped":b,"seconds":..,"elapsed":..}
 ///   {"event":"eval","step":s,"group":g,"n":..,"mean":..,"se":..,"max":..,"min":..}
 ///   {"event":"checkpoint","step":s,"path":..}
 /// \code
@@ -104,6 +104,7 @@ std::vector<step_result> fit(trainer<Config>& tr, const fit_options& fo) {
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     log.write({{"event", "step"}, {"step", r.step}, {"loss", r.loss}, {"acc", r.accuracy}, {"lr", r.lr},
                {"grad_norm", r.grad_norm}, {"net_grad_max", r.net_grad_max}, {"nets_clipped", r.nets_clipped},
+               {"nets_dropped", r.nets_dropped},
                {"skipped", r.skipped}, {"seconds", r.seconds}, {"elapsed", elapsed}});
     if (bar) {
       char extra[96];

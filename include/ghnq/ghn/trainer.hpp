@@ -12,9 +12,12 @@
 ///    run takes (the optimizer state travels with the checkpoint, see ghn/checkpoint.hpp).
 ///  - The m networks run forward + backward as parallel tasks, each on its own tape; their
 ///    gradients land in the predicted tensors, are scaled by 1/m (the mean over networks) and
-///    flow through the GHN's tape into its parameters.
-///  - A step whose loss or gradient norm is not finite is skipped (no update, counted in
-///    `skipped()`), as the reference skips NaN batches; the step counter still advances.
+///    flow through the GHN's tape into its parameters. With `net_grad_clip` > 0, a network whose
+///    gradient at its predicted tensors (and log-factors) has a larger L2 norm is scaled to that
+///    norm first, and one whose norm is not finite is left out.
+///  - A step whose loss or gradient norm is not finite, or whose networks were all left out, is
+///    skipped (no update, counted in `skipped()`), as the reference skips NaN batches; the step
+///    counter still advances.
 /// \code
 /// ghnq::rng g(1111);
 /// ghnq::hypernet<ghnq::ghn2_config<>> ghn(g);
@@ -139,7 +142,8 @@ struct step_result {
   std::int64_t target_params = 0;  ///< parameters predicted (sum over the m networks)
   int w_bits = 32, a_bits = 32;    ///< global bit-widths of this step (32: float)
   double net_grad_max = 0.0;       ///< largest per-network gradient norm at the predicted tensors
-  int nets_clipped = 0;            ///< networks scaled down (or dropped) by net_grad_clip
+  int nets_clipped = 0;            ///< networks whose gradient net_grad_clip scaled down
+  int nets_dropped = 0;            ///< networks left out by net_grad_clip (gradient not finite)
 };
 
 /// Derive an independent 64-bit seed for stream `stream` of step `step`.
@@ -327,8 +331,8 @@ class trainer {
       tp.clear();
       return finish_skipped(r, t0);
     }
-    // Mean over networks: every predicted tensor (and log-factor) belongs to exactly one network;
-    // a log-factor var may serve several ops of its network, so each distinct one is visited once.
+    // Mean over networks: every predicted tensor (and log-factor) belongs to exactly one network
+    // (a var listed twice would still be visited once).
     auto for_each_grad = [&](std::size_t k, auto&& fn) {
       std::vector<const T*> seen;
       auto visit = [&](const var_t& p) {
@@ -353,15 +357,31 @@ class trainer {
       r.net_grad_max = std::isfinite(norm) ? std::max(r.net_grad_max, norm) : norm;
       double c = 1.0;
       if (opt_.net_grad_clip > 0 && !(norm <= opt_.net_grad_clip)) {
-        c = std::isfinite(norm) ? opt_.net_grad_clip / norm : 0.0;
-        ++r.nets_clipped;
+        if (std::isfinite(norm)) {
+          c = opt_.net_grad_clip / norm;
+          ++r.nets_clipped;
+        } else {
+          c = 0.0;
+          ++r.nets_dropped;
+        }
       }
-      const T f = T(c / m);
-      for_each_grad(k, [f](T* d, std::int64_t n) {
-        if (f == T(0)) std::fill(d, d + n, T(0));
-        else
-          for (std::int64_t i = 0; i < n; ++i) d[i] *= f;
-      });
+      if (c == 1.0) {
+        const T inv_m = T(1.0 / m);
+        for_each_grad(k, [inv_m](T* d, std::int64_t n) {
+          for (std::int64_t i = 0; i < n; ++i) d[i] *= inv_m;
+        });
+      } else if (c == 0.0) {
+        for_each_grad(k, [](T* d, std::int64_t n) { std::fill(d, d + n, T(0)); });
+      } else {  // in double: c / m may be below T's normal range
+        const double f = c / m;
+        for_each_grad(k, [f](T* d, std::int64_t n) {
+          for (std::int64_t i = 0; i < n; ++i) d[i] = static_cast<T>(static_cast<double>(d[i]) * f);
+        });
+      }
+    }
+    if (r.nets_dropped == static_cast<int>(preds.size())) {  // no network left: nothing to learn from
+      tp.clear();
+      return finish_skipped(r, t0);
     }
     tp.backward_accumulated();
     r.grad_norm = opt_.grad_clip > 0 ? train::clip_grad_norm(params_, opt_.grad_clip) : train::grad_norm(params_);
