@@ -531,3 +531,32 @@ TEST_CASE("ghn training: per-network gradient clipping", "[ghn][train]") {
   j.erase("net_grad_clip");
   CHECK(ghn::train_options_from_json(j).net_grad_clip == 0.0);
 }
+
+TEST_CASE("ghn training: per-network clipping with several networks and learned quantizer factors", "[ghn][train][quant]") {
+  using cfg_q = ghn2q_config<backend::cpu_t, double, 8, 10>;
+  const auto ds = synthetic(64, 12, false, 10);
+  auto o = small_options();
+  o.grad_clip = 0;
+  o.strat = ghn::strategy::qat;
+  o.quant.w_bits = o.quant.a_bits = 4;
+  o.quant.wq = exec::weight_quantizer::lsq;
+  o.quant.aq = exec::act_quantizer::lsq;
+  rng g1(12), g2(12);
+  hypernet<cfg_q> a(g1), b(g2);
+  ghn::trainer<cfg_q> ta(a, ds, o);
+  const auto ra = ta.step();
+  REQUIRE(ra.net_grad_max > 0);
+  REQUIRE(std::isfinite(ra.grad_norm));
+  auto ob = o;
+  ob.net_grad_clip = ra.net_grad_max * 0.5;  // below the largest network's norm
+  ghn::trainer<cfg_q> tb(b, ds, ob);
+  const auto rb = tb.step();
+  CHECK(rb.net_grad_max == ra.net_grad_max);  // measured before clipping
+  CHECK(rb.nets_clipped >= 1);
+  CHECK(rb.nets_clipped <= o.meta_batch);
+  CHECK(rb.nets_dropped == 0);
+  CHECK_FALSE(rb.skipped);
+  CHECK(std::isfinite(rb.grad_norm));
+  CHECK(rb.grad_norm != ra.grad_norm);
+  CHECK(values(a) != values(b));
+}
