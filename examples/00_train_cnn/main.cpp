@@ -6,6 +6,8 @@
 //                     [--train-limit N] [--test-limit N]
 #include <ghnq/ghn.hpp>
 
+#include "../common/cli_args.hpp"
+
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -29,29 +31,19 @@ struct options {
 };
 
 options parse(int argc, char** argv) {
+  const cli::args a(argc - 1, argv + 1, {},
+                    "usage: 00_train_cnn [--epochs E] [--batch B] [--lr LR] [--threads T] [--seed S] [--data DIR]\n"
+                    "                    [--train-limit N] [--test-limit N]\n");
+  a.allow({"--epochs", "--batch", "--lr", "--threads", "--seed", "--data", "--train-limit", "--test-limit"});
   options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) throw ghnq::value_error("missing value after " + a);
-      return argv[++i];
-    };
-    if (a == "--epochs") o.epochs = std::stoi(next());
-    else if (a == "--batch") o.batch = std::stoll(next());
-    else if (a == "--lr") o.lr = std::stod(next());
-    else if (a == "--threads") o.threads = std::stoi(next());
-    else if (a == "--seed") o.seed = std::stoull(next());
-    else if (a == "--data") o.data = next();
-    else if (a == "--train-limit") o.train_limit = std::stoll(next());
-    else if (a == "--test-limit") o.test_limit = std::stoll(next());
-    else if (a == "--help" || a == "-h") {
-      std::puts("usage: 00_train_cnn [--epochs E] [--batch B] [--lr LR] [--threads T] [--seed S] [--data DIR]\n"
-                "                    [--train-limit N] [--test-limit N]");
-      std::exit(0);
-    } else {
-      throw ghnq::value_error("unknown option " + a);
-    }
-  }
+  o.epochs = static_cast<int>(a.integer("--epochs", o.epochs));
+  o.batch = a.integer("--batch", o.batch);
+  o.lr = a.real("--lr", o.lr);
+  o.threads = static_cast<int>(a.integer("--threads", o.threads));
+  o.seed = static_cast<std::uint64_t>(a.integer("--seed", static_cast<long long>(o.seed)));
+  o.data = a.str("--data");
+  o.train_limit = a.integer("--train-limit", o.train_limit);
+  o.test_limit = a.integer("--test-limit", o.test_limit);
   if (o.epochs < 1 || o.batch < 1 || !(o.lr > 0)) throw ghnq::value_error("epochs, batch and lr must be positive");
   return o;
 }

@@ -9,6 +9,8 @@
 //                      [--save-arch FILE]
 #include <ghnq/ghn.hpp>
 
+#include "../common/cli_args.hpp"
+
 #include <chrono>
 #include <cstdio>
 #include <memory>
@@ -30,35 +32,26 @@ struct options {
 };
 
 options parse(int argc, char** argv) {
+  const cli::args a(argc - 1, argv + 1, {},
+                    "usage: 01_train_arch [--family NAME | --json FILE | --sample SEED [--width C]] [--epochs E]\n"
+                    "                     [--batch B] [--lr LR] [--threads T] [--seed S] [--data DIR]\n"
+                    "                     [--train-limit N] [--test-limit N] [--save-arch FILE]\n");
+  a.allow({"--family", "--json", "--sample", "--width", "--epochs", "--batch", "--lr", "--threads", "--seed", "--data",
+           "--train-limit", "--test-limit", "--save-arch"});
   options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) throw ghnq::value_error("missing value after " + a);
-      return argv[++i];
-    };
-    if (a == "--family") o.family = next();
-    else if (a == "--json") o.json = next();
-    else if (a == "--sample") o.sample = std::stoll(next());
-    else if (a == "--width") o.width = std::stoi(next());
-    else if (a == "--epochs") o.epochs = std::stoi(next());
-    else if (a == "--batch") o.batch = std::stoll(next());
-    else if (a == "--lr") o.lr = std::stod(next());
-    else if (a == "--threads") o.threads = std::stoi(next());
-    else if (a == "--seed") o.seed = std::stoull(next());
-    else if (a == "--data") o.data = next();
-    else if (a == "--train-limit") o.train_limit = std::stoll(next());
-    else if (a == "--test-limit") o.test_limit = std::stoll(next());
-    else if (a == "--save-arch") o.save_arch = next();
-    else if (a == "--help" || a == "-h") {
-      std::puts("usage: 01_train_arch [--family NAME | --json FILE | --sample SEED [--width C]] [--epochs E]\n"
-                "                     [--batch B] [--lr LR] [--threads T] [--seed S] [--data DIR]\n"
-                "                     [--train-limit N] [--test-limit N] [--save-arch FILE]");
-      std::exit(0);
-    } else {
-      throw ghnq::value_error("unknown option " + a);
-    }
-  }
+  o.family = a.str("--family", o.family);
+  o.json = a.str("--json");
+  o.sample = a.integer("--sample", o.sample);
+  o.width = static_cast<int>(a.integer("--width", o.width));
+  o.epochs = static_cast<int>(a.integer("--epochs", o.epochs));
+  o.batch = a.integer("--batch", o.batch);
+  o.lr = a.real("--lr", o.lr);
+  o.threads = static_cast<int>(a.integer("--threads", o.threads));
+  o.seed = static_cast<std::uint64_t>(a.integer("--seed", static_cast<long long>(o.seed)));
+  o.data = a.str("--data");
+  o.train_limit = a.integer("--train-limit", o.train_limit);
+  o.test_limit = a.integer("--test-limit", o.test_limit);
+  o.save_arch = a.str("--save-arch");
   if (o.epochs < 1 || o.batch < 1 || !(o.lr > 0)) throw ghnq::value_error("epochs, batch and lr must be positive");
   return o;
 }

@@ -8,6 +8,8 @@
 //                     [--checkpoint FILE]
 #include <ghnq/ghn.hpp>
 
+#include "../common/cli_args.hpp"
+
 #include <chrono>
 #include <cstdio>
 #include <memory>
@@ -27,38 +29,29 @@ struct options {
 };
 
 options parse(int argc, char** argv) {
+  const cli::args a(argc - 1, argv + 1, {"--fixed-width", "--families"},
+                    "usage: 02_train_ghn [--steps N] [--meta-batch M] [--batch B] [--lr LR] [--schedule S]\n"
+                    "                    [--fixed-width] [--eval-archs N] [--test-limit N] [--families]\n"
+                    "                    [--threads T] [--seed S] [--data DIR] [--log FILE.jsonl] [--csv FILE]\n"
+                    "                    [--checkpoint FILE]\n");
+  a.allow({"--steps", "--meta-batch", "--batch", "--lr", "--schedule", "--fixed-width", "--eval-archs", "--test-limit",
+           "--families", "--threads", "--seed", "--data", "--log", "--csv", "--checkpoint"});
   options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) throw ghnq::value_error("missing value after " + a);
-      return argv[++i];
-    };
-    if (a == "--steps") o.steps = std::stoll(next());
-    else if (a == "--meta-batch") o.meta_batch = std::stoi(next());
-    else if (a == "--batch") o.batch = std::stoll(next());
-    else if (a == "--lr") o.lr = std::stod(next());
-    else if (a == "--schedule") o.schedule = next();
-    else if (a == "--fixed-width") o.fixed_width = true;
-    else if (a == "--eval-archs") o.eval_archs = std::stoi(next());
-    else if (a == "--test-limit") o.test_limit = std::stoll(next());
-    else if (a == "--families") o.families = true;
-    else if (a == "--threads") o.threads = std::stoi(next());
-    else if (a == "--seed") o.seed = std::stoull(next());
-    else if (a == "--data") o.data = next();
-    else if (a == "--log") o.log = next();
-    else if (a == "--csv") o.csv = next();
-    else if (a == "--checkpoint") o.checkpoint = next();
-    else if (a == "--help" || a == "-h") {
-      std::puts("usage: 02_train_ghn [--steps N] [--meta-batch M] [--batch B] [--lr LR] [--schedule S]\n"
-                "                    [--fixed-width] [--eval-archs N] [--test-limit N] [--families]\n"
-                "                    [--threads T] [--seed S] [--data DIR] [--log FILE.jsonl] [--csv FILE]\n"
-                "                    [--checkpoint FILE]");
-      std::exit(0);
-    } else {
-      throw ghnq::value_error("unknown option " + a);
-    }
-  }
+  o.steps = a.integer("--steps", o.steps);
+  o.meta_batch = static_cast<int>(a.integer("--meta-batch", o.meta_batch));
+  o.batch = a.integer("--batch", o.batch);
+  o.lr = a.real("--lr", o.lr);
+  o.schedule = a.str("--schedule", o.schedule);
+  o.fixed_width = a.has("--fixed-width");
+  o.eval_archs = static_cast<int>(a.integer("--eval-archs", o.eval_archs));
+  o.test_limit = a.integer("--test-limit", o.test_limit);
+  o.families = a.has("--families");
+  o.threads = static_cast<int>(a.integer("--threads", o.threads));
+  o.seed = static_cast<std::uint64_t>(a.integer("--seed", static_cast<long long>(o.seed)));
+  o.data = a.str("--data");
+  o.log = a.str("--log");
+  o.csv = a.str("--csv");
+  o.checkpoint = a.str("--checkpoint");
   return o;
 }
 

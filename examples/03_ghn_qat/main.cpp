@@ -7,6 +7,8 @@
 //                   [--test-limit N] [--init FP_GHN.safetensors] [--threads T] [--seed S] [--data DIR]
 #include <ghnq/ghn.hpp>
 
+#include "../common/cli_args.hpp"
+
 #include <chrono>
 #include <cstdio>
 #include <memory>
@@ -25,31 +27,22 @@ struct options {
 };
 
 options parse(int argc, char** argv) {
+  const cli::args a(argc - 1, argv + 1, {},
+                    "usage: 03_ghn_qat [--steps N] [--ft-steps N] [--bits B] [--meta-batch M] [--eval-archs N]\n"
+                    "                  [--test-limit N] [--init FP_GHN.safetensors] [--threads T] [--seed S] [--data DIR]\n");
+  a.allow({"--steps", "--ft-steps", "--bits", "--meta-batch", "--eval-archs", "--test-limit", "--init", "--threads",
+           "--seed", "--data"});
   options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) throw ghnq::value_error("missing value after " + a);
-      return argv[++i];
-    };
-    if (a == "--steps") o.steps = std::stoll(next());
-    else if (a == "--ft-steps") o.ft_steps = std::stoll(next());
-    else if (a == "--bits") o.bits = std::stoi(next());
-    else if (a == "--meta-batch") o.meta_batch = std::stoi(next());
-    else if (a == "--eval-archs") o.eval_archs = std::stoi(next());
-    else if (a == "--test-limit") o.test_limit = std::stoll(next());
-    else if (a == "--init") o.init = next();
-    else if (a == "--threads") o.threads = std::stoi(next());
-    else if (a == "--seed") o.seed = std::stoull(next());
-    else if (a == "--data") o.data = next();
-    else if (a == "--help" || a == "-h") {
-      std::puts("usage: 03_ghn_qat [--steps N] [--ft-steps N] [--bits B] [--meta-batch M] [--eval-archs N]\n"
-                "                  [--test-limit N] [--init FP_GHN.safetensors] [--threads T] [--seed S] [--data DIR]");
-      std::exit(0);
-    } else {
-      throw ghnq::value_error("unknown option " + a);
-    }
-  }
+  o.steps = a.integer("--steps", o.steps);
+  o.ft_steps = a.integer("--ft-steps", o.ft_steps);
+  o.bits = static_cast<int>(a.integer("--bits", o.bits));
+  o.meta_batch = static_cast<int>(a.integer("--meta-batch", o.meta_batch));
+  o.eval_archs = static_cast<int>(a.integer("--eval-archs", o.eval_archs));
+  o.test_limit = a.integer("--test-limit", o.test_limit);
+  o.init = a.str("--init");
+  o.threads = static_cast<int>(a.integer("--threads", o.threads));
+  o.seed = static_cast<std::uint64_t>(a.integer("--seed", static_cast<long long>(o.seed)));
+  o.data = a.str("--data");
   if (o.bits < 2 || o.bits > 8) throw ghnq::value_error("--bits must be in [2, 8], got " + std::to_string(o.bits));
   return o;
 }
