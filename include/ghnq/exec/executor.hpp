@@ -420,23 +420,9 @@ class executor {
         return run_batch_norm(tp, i, v, ps, opt, false);
       case op_type::dropout:
         return nn::dropout(tp, in(0), o.p, drop, opt.dropout);
-      case op_type::relu:
-      case op_type::hardswish:
-      case op_type::sigmoid:
-      case op_type::max_pool:
-      case op_type::avg_pool:
-      case op_type::global_avg_pool:
-      case op_type::flatten:
-      case op_type::sum:
-      case op_type::concat:
-      case op_type::zero:
-      case op_type::identity:
-      case op_type::shift:
-      case op_type::subsample:
-      case op_type::channel_scale:
+      default:  // parameter-free: the shared dispatch (whose switch lists every op type)
         return detail::run_plain_op(tp, o, x.shape()[0], in);
     }
-    throw value_error("executor: op " + std::to_string(i) + " has an unknown type");
   }
 
   arch::network net_;

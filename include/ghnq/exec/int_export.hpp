@@ -556,23 +556,9 @@ class fake_quant_reference {
         return nn::batch_norm2d(tp, in(0), gamma_[i], beta_[i], &bn_[i], bo);
       }
       case op_type::dropout: return in(0);
-      case op_type::relu:
-      case op_type::hardswish:
-      case op_type::sigmoid:
-      case op_type::max_pool:
-      case op_type::avg_pool:
-      case op_type::global_avg_pool:
-      case op_type::flatten:
-      case op_type::sum:
-      case op_type::concat:
-      case op_type::zero:
-      case op_type::identity:
-      case op_type::shift:
-      case op_type::subsample:
-      case op_type::channel_scale:
+      default:  // parameter-free: the shared dispatch (whose switch lists every op type)
         return detail::run_plain_op(tp, o, x.shape()[0], in);
     }
-    throw value_error("fake_quant_reference: op " + std::to_string(i) + " has an unknown type");
   }
 
   const int_model* m_;

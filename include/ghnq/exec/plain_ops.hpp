@@ -54,7 +54,11 @@ autograd::var<T, Backend> run_plain_op(autograd::tape<T, Backend>& tp, const arc
     case op_type::shift: return nn::crop(tp, in(0), 1, 1);
     case op_type::subsample: return nn::subsample(tp, in(0), o.stride);
     case op_type::channel_scale: return nn::channel_scale(tp, in(0), in(1));
-    default: break;
+    case op_type::input:
+    case op_type::conv:
+    case op_type::linear:
+    case op_type::batch_norm:
+    case op_type::dropout: break;  // no default: a new op type must be placed here (-Wswitch)
   }
   throw value_error("run_plain_op: op '" + o.name + "' has parameters or state (not a plain op)");
 }
