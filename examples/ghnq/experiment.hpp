@@ -92,6 +92,32 @@ inline void write_svg(const std::string& path, const std::vector<study_cell>& ce
   ghnq::io::write_file_atomic(path, out);
 }
 
+/// Every (BN mode, column) cell of `row`: read back from `done` (a resumed study) or measured by
+/// `eval(quant, bn, title)` (the column's quantization with the row's quantizers) and logged.
+template <class EvalFn>
+void row_cells(const study_row& row, const std::vector<std::string>& columns, const std::vector<std::string>& bns,
+               const std::map<std::string, ghnq::ghn::eval_summary>& done, std::vector<study_cell>& cells,
+               ghnq::ghn::detail::jsonl_log& log, EvalFn&& eval) {
+  for (const auto& bn : bns) {
+    for (const auto& col : columns) {
+      const auto hit = done.find(row.name + "|" + col + "|" + bn);
+      if (hit != done.end()) {
+        cells.push_back({row.name, col, bn, hit->second});
+        continue;
+      }
+      ghnq::exec::quant_config q;
+      q.wq = row.wq;
+      q.aq = row.aq;
+      q = ghnq::exec::parse_quant_name(col, q);
+      const auto rs = eval(q, bn, row.name + " | " + col + " | BN " + bn);
+      study_cell c{row.name, col, bn, ghnq::ghn::summarize(rs, "test")};
+      log.write({{"row", c.row}, {"column", c.column}, {"bn", c.bn}, {"n", c.s.n}, {"mean", c.s.mean},
+                 {"se", c.s.se}, {"max", c.s.max}, {"min", c.s.min}});
+      cells.push_back(c);
+    }
+  }
+}
+
 /// The "scratch" context row: train (or, with --resume, read back) the first `n` architectures from
 /// their random initialization in float, then evaluate the trained weights at every column / BN mode.
 inline void scratch_row(const study_row& row, const std::string& dir, bool resume,
@@ -136,7 +162,7 @@ inline void scratch_row(const study_row& row, const std::string& dir, bool resum
     ghnq::io::safetensors_writer w;
     for (std::size_t p = 0; p < infos.size(); ++p) {
       w.add(infos[p].name, r.params[p].value());
-      trained[i].push_back(var_t(r.params[p].value().clone()));
+      trained[i].push_back(var_t(r.params[p].value()));
     }
     w.set_metadata("format", "ghnq-params/1");
     w.set_metadata("architecture", ghnq::arch::to_json_text(sa[i].net));
@@ -147,28 +173,15 @@ inline void scratch_row(const study_row& row, const std::string& dir, bool resum
                 r.curve.empty() ? 0.0 : r.curve.back().top1_batch);
     std::fflush(stdout);
   }
-  for (const auto& bn : bns) {
-    for (const auto& col : columns) {
-      const auto hit = done.find(row.name + "|" + col + "|" + bn);
-      if (hit != done.end()) {
-        cells.push_back({row.name, col, bn, hit->second});
-        continue;
-      }
-      const auto q = ghnq::exec::parse_quant_name(col, {});
-      const auto rs = run_eval_with(
-          [&](const ghnq::ghn::eval_options& eo,
-              const std::function<void(std::size_t, const ghnq::ghn::arch_eval&)>& cb) {
-            return ghnq::ghn::evaluate_parameters(sa, trained, std::vector<ghnq::exec::quant_factors<float, ghnq::backend::cpu_t>>{},
-                                                  data.test, eo, cb);
-          },
-          sa.size(), data.test, data.norm, test_limit, row.name + " | " + col + " | BN " + bn, "", "", q,
-          bn == "fold" ? &data.train : nullptr, 8);
-      study_cell c{row.name, col, bn, ghnq::ghn::summarize(rs, "test")};
-      log.write({{"row", c.row}, {"column", c.column}, {"bn", c.bn}, {"n", c.s.n}, {"mean", c.s.mean},
-                 {"se", c.s.se}, {"max", c.s.max}, {"min", c.s.min}});
-      cells.push_back(c);
-    }
-  }
+  row_cells(row, columns, bns, done, cells, log, [&](const ghnq::exec::quant_config& q, const std::string& bn,
+                                                          const std::string& title) {
+    return run_eval_with(
+        [&](const ghnq::ghn::eval_options& eo, const std::function<void(std::size_t, const ghnq::ghn::arch_eval&)>& cb) {
+          return ghnq::ghn::evaluate_parameters(
+              sa, trained, std::vector<ghnq::exec::quant_factors<float, ghnq::backend::cpu_t>>{}, data.test, eo, cb);
+        },
+        sa.size(), data.test, data.norm, test_limit, title, "", "", q, bn == "fold" ? &data.train : nullptr, 8);
+  });
 }
 
 const char* kExperimentUsage =
@@ -385,25 +398,11 @@ inline int experiment_qat(int argc, char** argv) {
     } else if (need_fp) {
       std::printf("== %s\n", row.name.c_str());
     }
-    for (const auto& bn : bns) {
-      for (const auto& col : columns) {
-        const auto hit = done.find(row.name + "|" + col + "|" + bn);
-        if (hit != done.end()) {
-          cells.push_back({row.name, col, bn, hit->second});
-          continue;
-        }
-        ghnq::exec::quant_config q;
-        q.wq = row.wq;
-        q.aq = row.aq;
-        q = ghnq::exec::parse_quant_name(col, q);
-        const auto rs = run_eval(ghn, archs, data.test, data.norm, test_limit, row.name + " | " + col + " | BN " + bn,
-                                 "", "", q, bn == "fold" ? &data.train : nullptr, 8);
-        study_cell c{row.name, col, bn, ghnq::ghn::summarize(rs, "test")};
-        log.write({{"row", c.row}, {"column", c.column}, {"bn", c.bn}, {"n", c.s.n}, {"mean", c.s.mean},
-                   {"se", c.s.se}, {"max", c.s.max}, {"min", c.s.min}});
-        cells.push_back(c);
-      }
-    }
+    row_cells(row, columns, bns, done, cells, log,
+              [&](const ghnq::exec::quant_config& q, const std::string& bn, const std::string& title) {
+                return run_eval(ghn, archs, data.test, data.norm, test_limit, title, "", "", q,
+                                bn == "fold" ? &data.train : nullptr, 8);
+              });
   }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   // Table, CSV, plot.

@@ -332,15 +332,10 @@ class trainer {
       return finish_skipped(r, t0);
     }
     // Mean over networks: every predicted tensor (and log-factor) belongs to exactly one network
-    // (a var listed twice would still be visited once).
+    // and appears once in its lists (hypernet::predict_quant makes one var per network and op).
     auto for_each_grad = [&](std::size_t k, auto&& fn) {
-      std::vector<const T*> seen;
       auto visit = [&](const var_t& p) {
-        if (!p.defined() || !p.requires_grad() || !p.has_grad()) return;
-        const T* key = p.grad().data();
-        if (std::find(seen.begin(), seen.end(), key) != seen.end()) return;
-        seen.push_back(key);
-        fn(p.grad().data(), p.grad().numel());
+        if (p.defined() && p.requires_grad() && p.has_grad()) fn(p.grad().data(), p.grad().numel());
       };
       for (const auto& p : preds[k]) visit(p);
       if (k < pred.factors.size()) {
