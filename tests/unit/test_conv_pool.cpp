@@ -158,6 +158,29 @@ conv_inputs<T> make_inputs(const conv_case& cc, rng& g) {
 double tol_for(float) { return 2e-5; }
 double tol_for(double) { return 1e-12; }
 
+/// conv2d forward and backward of one case against the naive loops.
+template <class T>
+void check_against_naive(const conv_case& cc, rng& g) {
+  auto in = make_inputs<T>(cc, g);
+  autograd::tape<T> tp;
+  auto x = autograd::parameter(in.x), w = autograd::parameter(in.w);
+  autograd::var<T> b;
+  if (cc.bias) b = autograd::parameter(in.b);
+  auto y = nn::conv2d(tp, x, w, b, cc.p);
+  const auto ref = ref_conv(cc, in.x, in.w, cc.bias ? &in.b : nullptr);
+  REQUIRE(y.shape() == ref.shape());
+  const double fan = static_cast<double>(cc.cin / cc.p.groups * cc.kh * cc.kw);
+  test::require_close(y.value(), ref, tol_for(T()) * fan, tol_for(T()));
+  const auto dy = test::random_tensor<T>(y.shape(), g);
+  tp.backward(y, dy);
+  tensor<T> rdx, rdw, rdb;
+  ref_conv_backward(cc, in.x, in.w, dy, rdx, rdw, rdb);
+  const double n_terms = static_cast<double>(y.value().numel()) / static_cast<double>(cc.cout);
+  test::require_close(x.grad(), rdx, tol_for(T()) * static_cast<double>(cc.cout * cc.kh * cc.kw), tol_for(T()));
+  test::require_close(w.grad(), rdw, tol_for(T()) * n_terms, tol_for(T()));
+  if (cc.bias) test::require_close(b.grad(), rdb, tol_for(T()) * n_terms, tol_for(T()));
+}
+
 }  // namespace
 
 TEMPLATE_TEST_CASE("conv2d forward matches a naive loop", "[nn][conv2d]", float, double) {
@@ -178,31 +201,16 @@ TEMPLATE_TEST_CASE("conv2d forward matches a naive loop", "[nn][conv2d]", float,
 }
 
 TEMPLATE_TEST_CASE("conv2d backward matches naive loops on larger shapes", "[nn][conv2d]", float, double) {
-  using T = TestType;
   rng g(12);
   for (const auto& cc : forward_cases()) {
     INFO(cc.name);
-    auto in = make_inputs<T>(cc, g);
-    autograd::tape<T> tp;
-    auto x = autograd::parameter(in.x), w = autograd::parameter(in.w);
-    autograd::var<T> b;
-    if (cc.bias) b = autograd::parameter(in.b);
-    auto y = nn::conv2d(tp, x, w, b, cc.p);
-    const auto dy = test::random_tensor<T>(y.shape(), g);
-    tp.backward(y, dy);
-    tensor<T> rdx, rdw, rdb;
-    ref_conv_backward(cc, in.x, in.w, dy, rdx, rdw, rdb);
-    const double n_terms = static_cast<double>(y.value().numel()) / static_cast<double>(cc.cout);
-    test::require_close(x.grad(), rdx, tol_for(T()) * static_cast<double>(cc.cout * cc.kh * cc.kw), tol_for(T()));
-    test::require_close(w.grad(), rdw, tol_for(T()) * n_terms, tol_for(T()));
-    if (cc.bias) test::require_close(b.grad(), rdb, tol_for(T()) * n_terms, tol_for(T()));
+    check_against_naive<TestType>(cc, g);
   }
 }
 
 TEMPLATE_TEST_CASE("conv2d direct kernels and the GEMM path both match naive loops", "[nn][conv2d]", float, double) {
   // direct_conv_mode 2 forces the direct kernels wherever they apply, 0 forbids them: both paths
   // must give the naive results, forward and backward, on every case (incl. 3x3 / 1x1 / stride 2).
-  using T = TestType;
   namespace cd = ghnq::backend::conv_detail;
   struct restore {
     int old = cd::direct_conv_mode;
@@ -213,24 +221,7 @@ TEMPLATE_TEST_CASE("conv2d direct kernels and the GEMM path both match naive loo
     rng g(13);
     for (const auto& cc : forward_cases()) {
       INFO("mode " << mode << ": " << cc.name);
-      auto in = make_inputs<T>(cc, g);
-      autograd::tape<T> tp;
-      auto x = autograd::parameter(in.x), w = autograd::parameter(in.w);
-      autograd::var<T> b;
-      if (cc.bias) b = autograd::parameter(in.b);
-      auto y = nn::conv2d(tp, x, w, b, cc.p);
-      const auto ref = ref_conv(cc, in.x, in.w, cc.bias ? &in.b : nullptr);
-      REQUIRE(y.shape() == ref.shape());
-      const double fan = static_cast<double>(cc.cin / cc.p.groups * cc.kh * cc.kw);
-      test::require_close(y.value(), ref, tol_for(T()) * fan, tol_for(T()));
-      const auto dy = test::random_tensor<T>(y.shape(), g);
-      tp.backward(y, dy);
-      tensor<T> rdx, rdw, rdb;
-      ref_conv_backward(cc, in.x, in.w, dy, rdx, rdw, rdb);
-      const double n_terms = static_cast<double>(y.value().numel()) / static_cast<double>(cc.cout);
-      test::require_close(x.grad(), rdx, tol_for(T()) * static_cast<double>(cc.cout * cc.kh * cc.kw), tol_for(T()));
-      test::require_close(w.grad(), rdw, tol_for(T()) * n_terms, tol_for(T()));
-      if (cc.bias) test::require_close(b.grad(), rdb, tol_for(T()) * n_terms, tol_for(T()));
+      check_against_naive<TestType>(cc, g);
     }
   }
 }
