@@ -28,10 +28,13 @@ const char* kExportIntUsage =
     "usage: ghnq export-int --checkpoint GHN.safetensors (--arch FILE [--index i] [--input CxHxW] [--classes K]\n"
     "                       | --test-index i) --quant W8A8 [--wq uniform|lsq|binary|ternary] [--aq uniform|lsq|pact]\n"
     "                       [--first-last-bits B] [--calib-batches K] [--calib-rule min_max|mean]\n"
-    "                       [--dataset fashion-mnist|cifar10] [--data DIR] [--threads T] --out MODEL.safetensors\n"
+    "                       [--max-bias-shift S] [--dataset fashion-mnist|cifar10] [--data DIR] [--threads T]\n"
+    "                       --out MODEL.safetensors\n"
     "Predicts the parameters of the architecture (a file, or the i-th test-split architecture of eval-ghn),\n"
     "calibrates BatchNorm and the activation ranges on K training batches of 64 (default 8), folds BN, and\n"
-    "writes the integer model (int8 / packed int4 / int2 weights, scales, zero points, int32 biases).\n";
+    "writes the integer model (int8 / packed int4 / int2 weights, scales, zero points, int32 biases).\n"
+    "Biases get up to S (default 16) fraction bits below the accumulator's step; --max-bias-shift 0 keeps\n"
+    "TFLite's convention (bias at the accumulator's step), which costs agreement at 4 bits and below.\n";
 
 const char* kEvalIntUsage =
     "usage: ghnq eval-int --model MODEL.safetensors [--test-limit N] [--batch B] [--per-batch]\n"
@@ -61,7 +64,8 @@ inline std::vector<ghnq::data::batch> int_batches(const ghnq::data::dataset& ds,
 inline int export_int(int argc, char** argv) {
   const args a(argc, argv, {}, kExportIntUsage);
   a.allow({"--checkpoint", "--arch", "--index", "--input", "--classes", "--test-index", "--quant", "--wq", "--aq",
-           "--first-last-bits", "--calib-batches", "--calib-rule", "--dataset", "--data", "--threads", "--out"});
+           "--first-last-bits", "--calib-batches", "--calib-rule", "--max-bias-shift", "--dataset", "--data", "--threads",
+           "--out"});
   const auto limit = threads_from(a);
   if (a.has("--arch") == a.has("--test-index"))
     throw ghnq::value_error(std::string("give exactly one of --arch FILE and --test-index i\n") + kExportIntUsage);
@@ -91,6 +95,9 @@ inline int export_int(int argc, char** argv) {
   if (k < 1) throw ghnq::value_error("--calib-batches must be >= 1");
   ghnq::exec::export_options eo;
   eo.rule = ghnq::exec::parse_calib_rule(a.str("--calib-rule", "min_max"));
+  eo.max_bias_shift = static_cast<int>(a.integer("--max-bias-shift", ghnq::exec::kMaxBiasShift));
+  if (eo.max_bias_shift < 0 || eo.max_bias_shift > ghnq::exec::kMaxBiasShift)
+    throw ghnq::value_error("--max-bias-shift must be in [0, " + std::to_string(ghnq::exec::kMaxBiasShift) + "]");
   const std::string out = a.required("--out");
   const std::string ckpt = a.required("--checkpoint");
 
@@ -128,6 +135,12 @@ inline int export_int(int argc, char** argv) {
   o["weight_bytes"] = weight_bytes;
   o["file_bytes"] = std::filesystem::file_size(out);
   o["calibration"] = {{"batches", k}, {"rule", ghnq::exec::to_string(eo.rule)}};
+  int shift_lo = ghnq::exec::kMaxBiasShift, shift_hi = 0;
+  for (const auto& l : m.layers) {
+    shift_lo = std::min(shift_lo, l.bias_shift);
+    shift_hi = std::max(shift_hi, l.bias_shift);
+  }
+  o["bias_shift"] = {{"min", shift_lo}, {"max", shift_hi}};
   o["seconds"] = secs;
   std::printf("%s\n", o.dump().c_str());
   return 0;

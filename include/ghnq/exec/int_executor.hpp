@@ -14,9 +14,9 @@
 ///    [-2^31, 2^31 - 1]). |result - x M| <= 1/2 + |x| M 2^-31.
 ///  - conv / linear: the input value v is requantized to the layer's codes
 ///    q = clamp((v * M_in) + z, q_min, q_max), M_in = s_v / a_scale, and centered as q - z (int16;
-///    zero padding is q = z, i.e. 0 after centering); acc[c] = bias[c] + sum w_code * (q - z) in
-///    int32 (cannot overflow: checked at export), then out = acc * M_c, M_c = w_scale[c] a_scale /
-///    s_out.
+///    zero padding is q = z, i.e. 0 after centering); acc[c] = bias[c] + 2^bias_shift sum w_code
+///    (q - z) in int32 (cannot overflow: checked at export), then out = acc * M_c,
+///    M_c = w_scale[c] a_scale 2^-bias_shift / s_out.
 ///  - relu: max(v, 0). max_pool: max over the window clipped to the image. avg_pool (padding not
 ///    counted), global_avg_pool: the int64 sum divided by the count, rounded half away from zero.
 ///    flatten, identity, dropout (evaluation), one-input concat, folded BN: the same values.
@@ -281,8 +281,9 @@ class int_executor {
           r.layer = l;
           r.w16.assign(l->w_codes.begin(), l->w_codes.end());
           r.in_mult.push_back(is_zero(o.inputs[0]) ? fixed_multiplier{} : quantize_multiplier(scale(o.inputs[0]) / l->a_scale));
-          for (float ws : l->w_scale)
-            r.ch_mult.push_back(quantize_multiplier(static_cast<double>(ws) * static_cast<double>(l->a_scale) / so));
+          for (float ws : l->w_scale)  // the accumulator's step is w_scale[c] a_scale 2^-bias_shift
+            r.ch_mult.push_back(
+                quantize_multiplier(std::ldexp(static_cast<double>(ws) * static_cast<double>(l->a_scale) / so, -l->bias_shift)));
           break;
         }
         case arch::op_type::batch_norm: {
@@ -443,12 +444,20 @@ class int_executor {
         });
         const std::int64_t p = g.ho * g.wo;
         auto y = std::make_shared<std::vector<std::int32_t>>(static_cast<std::size_t>(nb * g.o * p));
-        int_conv2d(xc.data(), r.w16.data(), l.bias.data(), y->data(), g);
+        const int sh = l.bias_shift;
+        int_conv2d(xc.data(), r.w16.data(), sh == 0 ? l.bias.data() : nullptr, y->data(), g);
         std::int32_t* yd = y->data();
         parallel_for(0, nb * g.o, grain(p), [&](std::int64_t b, std::int64_t e) {
           for (std::int64_t t = b; t < e; ++t) {
-            const fixed_multiplier& fm = r.ch_mult[static_cast<std::size_t>(t % g.o)];
-            for (std::int64_t k = t * p; k < (t + 1) * p; ++k) yd[k] = saturate_i32(apply_multiplier(yd[k], fm));
+            const auto c = static_cast<std::size_t>(t % g.o);
+            const fixed_multiplier& fm = r.ch_mult[c];
+            if (sh == 0) {
+              for (std::int64_t k = t * p; k < (t + 1) * p; ++k) yd[k] = saturate_i32(apply_multiplier(yd[k], fm));
+            } else {  // acc = bias + 2^sh sum w q: within int32 (validate_int_model checks the bound)
+              const std::int32_t bc = l.bias[c];
+              for (std::int64_t k = t * p; k < (t + 1) * p; ++k)
+                yd[k] = saturate_i32(apply_multiplier(static_cast<std::int32_t>(yd[k] * (std::int32_t{1} << sh) + bc), fm));
+            }
           }
         });
         return y;

@@ -4,13 +4,15 @@
 /// as the fake-quant executor quantizes them), safetensors I/O (`save_int_model` / `load_int_model`)
 /// and `fake_quant_reference`, the float fake-quant network with the model's fixed scales.
 ///
-/// What an int_model holds (conventions of the file format "ghnq-int/1"):
+/// What an int_model holds (conventions of the file format "ghnq-int/2"):
 ///  - The architecture (arch JSON) and the quant_config it was exported with.
 ///  - Per live conv / linear op (a "layer"): signed weight codes of `w_bits` bits (2..8; binary and
 ///    ternary weights are 2-bit codes in {-1, 0, 1}), one scale per output channel:
 ///    w[c, ...] = w_scale[c] * code (symmetric, zero point 0); the input quantizer: `a_bits`
 ///    (1..8), signedness, scale and zero point: x = a_scale * (code - a_zero_point); the bias as
-///    int32 at scale w_scale[c] * a_scale (TFLite convention), and the float bias it came from.
+///    int32 at scale w_scale[c] * a_scale * 2^-bias_shift, and the float bias it came from. With
+///    bias_shift = 0 this is TFLite's convention (the bias at the accumulator's step); a shift of s
+///    gives the bias s fraction bits below that step, and the accumulator is bias + 2^s sum w q.
 ///  - BatchNorm: a live BN whose input is a conv read by nothing else is folded into that conv
 ///    (run_options::fold_bn's rule and formula) and runs as an identity; other live BNs are kept as
 ///    running-statistics affine maps (mean, var, gamma, beta; eps 1e-5).
@@ -44,17 +46,24 @@
 ///  - Biases: b_q = nearbyint(b / (w_scale[c] a_scale)). Should |b_q| exceed 2^30 (a channel with
 ///    almost zero weights and a large bias), w_scale[c] is raised to |b| / (a_scale 2^30) and that
 ///    channel's codes are recomputed, so accumulators never overflow: export also checks
-///    K 2^(w_bits-1) (q_max - q_min) < 2^30 for every layer (K = fan-in).
+///    A = K 2^(w_bits-1) (q_max - q_min) < 2^30 for every layer (K = fan-in). Then bias_shift is
+///    the largest s <= export_options::max_bias_shift (default kMaxBiasShift = 16) with A 2^s < 2^30 and every |nearbyint(2^s b / (w_scale[c]
+///    a_scale))| <= 2^30 (so bias + 2^s sum w q fits int32), and the biases are stored at that
+///    finer step. Why: at 4 bits the step w_scale[c] a_scale is a sizeable fraction of the next
+///    layer's activation step, so rounding the bias to it flips activation codes, and through a
+///    deep network, predictions (an integer model then disagrees with fake quantization, whose
+///    bias is float, on ~10% of the images; with the shift, the disagreement is at float-rounding level).
 ///  - Not supported: `sigmoid` (value_error naming the op), float (unquantized) conv / linear ops,
 ///    bit-widths above 8, pseudo-quantization noise.
 ///
 /// File layout (safetensors, tensors named by op index i): "ops.<i>.weight" (I8 with the weight's
 /// shape for 5..8-bit codes; U8 [ceil(numel / per_byte)] packed for 2..4-bit codes, see
-/// pack_codes), "ops.<i>.weight_scale" F32 [O], "ops.<i>.bias" I32 [O], "ops.<i>.bias_float" F32
+/// pack_codes), "ops.<i>.weight_scale" F32 [O], "ops.<i>.bias" I32 [O] (at bias_shift), "ops.<i>.bias_float" F32
 /// [O], "ops.<i>.input_scale" F32 [1], "ops.<i>.input_zero_point" I32 [1]; unfolded BNs
 /// "ops.<j>.bn_mean" / "bn_var" / "bn_gamma" / "bn_beta" F32 [C]; "tensor_scales" F32 [ops];
 /// metadata "ghnq.int_model" (JSON: format, arch, quant, calibration, layers with bits / signedness /
-/// storage, folded_bn, input_layer, conventions) and "info.<key>" free-form entries.
+/// storage / bias_shift, folded_bn, input_layer, conventions) and "info.<key>" free-form entries.
+/// Files of format "ghnq-int/1" (no bias_shift: 0) still load.
 /// \code
 /// ghnq::exec::quant_config q = ghnq::exec::parse_quant_name("W8A8", {});
 /// auto m = ghnq::exec::make_int_model(net, params, q, calib_batches, &factors);
@@ -96,8 +105,12 @@
 namespace ghnq::exec {
 
 /// Format string of the integer model files, and the metadata key holding the description.
-inline constexpr const char* kIntModelFormat = "ghnq-int/1";
+/// Version 2 added int_layer::bias_shift; version-1 files (bias at the accumulator's step) still load.
+inline constexpr const char* kIntModelFormat = "ghnq-int/2";
 inline constexpr const char* kIntModelMetaKey = "ghnq.int_model";
+/// Largest int_layer::bias_shift: the bias and the accumulator get up to 16 fraction bits below the
+/// step w_scale[c] * a_scale.
+inline constexpr int kMaxBiasShift = 16;
 
 // ---- code packing ------------------------------------------------------------------------------
 
@@ -182,6 +195,9 @@ inline calib_rule parse_calib_rule(const std::string& s) {
 struct export_options {
   calib_rule rule = calib_rule::min_max;
   int glue_bits = 22;  ///< precision of the int32 intermediate values: scale = range / 2^glue_bits, in [8, 28]
+  /// Largest bias_shift to use, in [0, kMaxBiasShift]; 0 keeps every bias at the accumulator's step
+  /// (TFLite's convention, for runtimes that expect it).
+  int max_bias_shift = kMaxBiasShift;
 };
 
 /// One conv / linear op in integer form (see the file comment for the conventions).
@@ -195,8 +211,14 @@ struct int_layer {
   std::vector<float> w_scale;       ///< [O], > 0: w = w_scale[c] * code
   float a_scale = 1.0f;             ///< > 0: x = a_scale * (code - a_zero_point)
   std::int32_t a_zero_point = 0;    ///< in [a_qmin, a_qmax]
-  std::vector<std::int32_t> bias;   ///< [O] at scale w_scale[c] * a_scale
+  std::vector<std::int32_t> bias;   ///< [O] at scale w_scale[c] * a_scale * 2^-bias_shift
   std::vector<float> bias_float;    ///< [O] the float (folded) bias of the fake-quant network
+  int bias_shift = 0;               ///< in [0, kMaxBiasShift]: extra fraction bits of the bias and accumulator
+
+  /// Bound on |sum w_code (q - z)| over the fan-in (the accumulator without its bias).
+  double acc_bound() const {
+    return static_cast<double>(fan_in()) * std::ldexp(1.0, w_bits - 1) * static_cast<double>(a_qmax() - a_qmin());
+  }
 
   std::int64_t out_channels() const { return w_shape.rank() > 0 ? w_shape[0] : 0; }
   std::int64_t fan_in() const { return out_channels() > 0 ? w_shape.numel() / out_channels() : 0; }
@@ -333,14 +355,15 @@ inline void int_check_layer(const arch::network& net, const int_layer& l) {
     GHNQ_CHECK(std::abs(static_cast<std::int64_t>(l.bias[c])) <= (std::int64_t{1} << 30), value_error, w, ": bias[", c,
                "] = ", l.bias[c], " exceeds 2^30 in magnitude");
   }
+  GHNQ_CHECK(l.bias_shift >= 0 && l.bias_shift <= kMaxBiasShift, value_error, w, ": bias_shift = ", l.bias_shift,
+             " is outside [0, ", kMaxBiasShift, "]");
   GHNQ_CHECK(std::isfinite(l.a_scale) && l.a_scale > 0.0f, value_error, w, ": input_scale = ", l.a_scale,
              " is not finite and positive");
   GHNQ_CHECK(l.a_zero_point >= l.a_qmin() && l.a_zero_point <= l.a_qmax(), value_error, w, ": input_zero_point = ",
              l.a_zero_point, " is outside [", l.a_qmin(), ", ", l.a_qmax(), "]");
-  const double bound = static_cast<double>(l.fan_in()) * std::ldexp(1.0, l.w_bits - 1) *
-                       static_cast<double>(l.a_qmax() - l.a_qmin());
-  GHNQ_CHECK(bound < std::ldexp(1.0, 30), value_error, w, ": fan-in ", l.fan_in(), " with ", l.w_bits, "-bit weights and ",
-             l.a_bits, "-bit inputs could overflow the int32 accumulator");
+  GHNQ_CHECK(std::ldexp(l.acc_bound(), l.bias_shift) < std::ldexp(1.0, 30), value_error, w, ": fan-in ", l.fan_in(),
+             " with ", l.w_bits, "-bit weights, ", l.a_bits, "-bit inputs and bias_shift ", l.bias_shift,
+             " could overflow the int32 accumulator");
 }
 
 }  // namespace detail
@@ -427,7 +450,7 @@ class fake_quant_reference {
   /// every layer.
   using hook = std::function<void(int, const tensor<float>&)>;
 
-  /// \param int_bias use the int32 biases (bias[c] * w_scale[c] * a_scale) instead of bias_float:
+  /// \param int_bias use the int32 biases (bias[c] * w_scale[c] * a_scale * 2^-bias_shift) instead of bias_float:
   ///                 separates the effect of bias quantization from the rest of the integer arithmetic.
   explicit fake_quant_reference(const int_model& m, bool int_bias = false) : m_(&m) {
     const auto& net = m.net;
@@ -448,7 +471,8 @@ class fake_quant_reference {
       std::vector<float> b = l.bias_float;
       if (int_bias)
         for (std::size_t c = 0; c < b.size(); ++c)
-          b[c] = static_cast<float>(static_cast<double>(l.bias[c]) * l.w_scale[c] * static_cast<double>(l.a_scale));
+          b[c] = static_cast<float>(std::ldexp(static_cast<double>(l.bias[c]) * l.w_scale[c] * static_cast<double>(l.a_scale),
+                                               -l.bias_shift));
       b_[static_cast<std::size_t>(l.op)] = var_t(tensor<float>::from({l.out_channels()}, b), false);
       layer_[static_cast<std::size_t>(l.op)] = &l;
     }
@@ -632,6 +656,8 @@ inline int_model make_int_model(const arch::network& net_in, const std::vector<a
   GHNQ_CHECK(q.enabled(), value_error, "make_int_model: quant_config ", q.name(), " quantizes nothing");
   GHNQ_CHECK(!q.noise, value_error, "make_int_model: pseudo-quantization noise is a training mode; export rounds");
   GHNQ_CHECK(!calib.empty(), value_error, "make_int_model: needs at least one calibration batch");
+  GHNQ_CHECK(opt.max_bias_shift >= 0 && opt.max_bias_shift <= kMaxBiasShift, value_error,
+             "make_int_model: max_bias_shift = ", opt.max_bias_shift, " is outside [0, ", kMaxBiasShift, "]");
   GHNQ_CHECK(opt.glue_bits >= 8 && opt.glue_bits <= 28, value_error, "make_int_model: glue_bits = ", opt.glue_bits,
              " is outside [8, 28]");
   GHNQ_CHECK(qf == nullptr || ((qf->weight.empty() || qf->weight.size() == n) && (qf->input.empty() || qf->input.size() == n)),
@@ -853,6 +879,23 @@ inline int_model make_int_model(const arch::network& net_in, const std::vector<a
       }
       l.bias[cc] = static_cast<std::int32_t>(bq);
     }
+    // The finest bias step that keeps bias + 2^s sum w q within int32 (see the file comment).
+    auto fits = [&](int sh) {
+      if (!(std::ldexp(l.acc_bound(), sh) < lim)) return false;
+      for (std::int64_t c = 0; c < oc; ++c) {
+        const auto cc = static_cast<std::size_t>(c);
+        const double step = static_cast<double>(l.w_scale[cc]) * static_cast<double>(l.a_scale);
+        if (std::abs(std::nearbyint(std::ldexp(static_cast<double>(l.bias_float[cc]) / step, sh))) > lim) return false;
+      }
+      return true;
+    };
+    l.bias_shift = 0;
+    while (l.bias_shift < opt.max_bias_shift && fits(l.bias_shift + 1)) ++l.bias_shift;
+    for (std::int64_t c = 0; c < oc && l.bias_shift > 0; ++c) {
+      const auto cc = static_cast<std::size_t>(c);
+      const double step = static_cast<double>(l.w_scale[cc]) * static_cast<double>(l.a_scale);
+      l.bias[cc] = static_cast<std::int32_t>(std::nearbyint(std::ldexp(static_cast<double>(l.bias_float[cc]) / step, l.bias_shift)));
+    }
   }
 
   // Scales of the int32 values.
@@ -962,7 +1005,7 @@ inline void save_int_model(const std::string& path, const int_model& m) {
   for (const auto& l : m.layers) {
     const int width = packed_width(l.w_bits);
     layers.push_back({{"op", l.op}, {"w_bits", l.w_bits}, {"a_bits", l.a_bits}, {"a_signed", l.a_signed},
-                      {"storage", width == 8 ? "I8" : width == 4 ? "U8x2" : "U8x4"}});
+                      {"storage", width == 8 ? "I8" : width == 4 ? "U8x2" : "U8x4"}, {"bias_shift", l.bias_shift}});
     const std::string wname = detail::int_tensor_name(l.op, "weight");
     if (width == 8) {
       w.add(wname, tensor<std::int8_t>::from(l.w_shape, l.w_codes));
@@ -992,7 +1035,8 @@ inline void save_int_model(const std::string& path, const int_model& m) {
                   "[(i % per) * width, +width) of byte i / per (first code in the low bits), sign-extended from the "
                   "storage width; unused bits 0"},
       {"activation", "x = input_scale * (code - input_zero_point), codes of a_bits bits, signed or unsigned"},
-      {"bias", "int32 at scale weight_scale[c] * input_scale; bias_float is the float (BN-folded) bias"},
+      {"bias", "int32 at scale weight_scale[c] * input_scale * 2^-bias_shift; the accumulator is bias + 2^bias_shift "
+               "sum code * (input code - zero point); bias_float is the float (BN-folded) bias"},
       {"glue", "every op's value is int32 v with x = tensor_scales[op] * v (zero point 0)"},
       {"rescale", "x * M as round-half-away-from-zero(x * m / 2^n), m in [2^30, 2^31), one rounding"},
       {"batch_norm", "folded_bn: folded into the preceding conv (identity); others: running statistics, eps 1e-5"}};
@@ -1021,8 +1065,10 @@ inline int_model load_int_model(const std::string& path) {
   int_model m;
   std::set<std::string> used;
   try {
-    if (!meta.is_object() || meta.value("format", std::string()) != kIntModelFormat)
-      fail(std::string("metadata: format is not \"") + kIntModelFormat + "\"");
+    const std::string format = meta.is_object() ? meta.value("format", std::string()) : std::string();
+    const bool v1 = format == "ghnq-int/1";  // before bias_shift: biases at the accumulator's step
+    if (format != kIntModelFormat && !v1)
+      fail(std::string("metadata: format is not \"") + kIntModelFormat + "\" (nor \"ghnq-int/1\")");
     try {
       m.net = arch::from_json(meta.at("arch"));
     } catch (const ghnq::error& e) {
@@ -1071,6 +1117,10 @@ inline int_model load_int_model(const std::string& path) {
       const auto& o = m.net.ops[static_cast<std::size_t>(l.op)];
       const std::string label = detail::int_op_label(m.net, l.op);
       if (o.type != arch::op_type::conv && o.type != arch::op_type::linear) fail("metadata: layer " + label + " is not a conv or linear");
+      l.bias_shift = v1 ? 0 : lj.at("bias_shift").get<int>();
+      if (l.bias_shift < 0 || l.bias_shift > kMaxBiasShift)
+        fail("metadata: layer " + label + " bias_shift " + std::to_string(l.bias_shift) + " is outside [0, " +
+             std::to_string(kMaxBiasShift) + "]");
       l.w_bits = lj.at("w_bits").get<int>();
       l.a_bits = lj.at("a_bits").get<int>();
       l.a_signed = lj.at("a_signed").get<bool>();
