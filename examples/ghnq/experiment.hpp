@@ -210,6 +210,7 @@ inline int experiment_qat(int argc, char** argv) {
   const bool reduced = a.has("--reduced");
   const std::string dir = a.required("--out");
   std::filesystem::create_directories(dir);
+  const dir_lock lock(dir);  // one process per output directory
   const auto data = load_data("fashion-mnist", a.str("--data"), true);
   const auto rows_req = split_list(a.str("--rows", reduced ? "fp,qat4,qat2" : "fp,fp-lsq,fp-ft,qat8,qat4,qat2,qat-mixed,noise,lsq,pact,scratch"));
   const auto columns = split_list(a.str("--columns", reduced ? "FP32,W8A8,W4A4,W2A2" : "FP32,W8A8,W4A4,W2A2,W4A8,W2A8"));

@@ -266,6 +266,7 @@ inline int finetune_command(int argc, char** argv) {
   ghnq::train::detail::check_finetune_options(fo);  // fail before any work
 
   std::filesystem::create_directories(dir);
+  const dir_lock lock(dir);  // one process per output directory
   const std::string jsonl = dir + "/finetune.jsonl";
   std::filesystem::remove(jsonl);
   ghnq::ghn::detail::jsonl_log log(jsonl);

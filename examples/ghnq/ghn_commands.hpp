@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "../common/cli_args.hpp"
+#include "../common/dir_lock.hpp"
 
 namespace cli {
 
@@ -172,6 +173,7 @@ inline int train_ghn(int argc, char** argv) {
   const auto limit = threads_from(a);
   const std::string dir = a.required("--out");
   std::filesystem::create_directories(dir);
+  const dir_lock lock(dir);  // one process per output directory
   const std::string ckpt = dir + "/ghn.safetensors", log = dir + "/train.jsonl";
   const auto data = load_data(a.str("--dataset", "fashion-mnist"), a.str("--data"), true);
 

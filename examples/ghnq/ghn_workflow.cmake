@@ -48,6 +48,16 @@ if(rc EQUAL 0 OR NOT err MATCHES "--steps cannot be combined with --resume")
   message(FATAL_ERROR "train-ghn --resume --steps must fail naming the option (rc ${rc}): ${err}")
 endif()
 
+# While another process holds the directory (here flock(1) holds its lock), a resume fails at once.
+find_program(FLOCK flock)
+if(FLOCK)
+  execute_process(COMMAND ${FLOCK} ${dir}/.lock ${GHNQ} train-ghn --out ${dir} --resume --eval-archs 0 --no-progress
+                  RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(rc EQUAL 0 OR NOT err MATCHES "another ghnq process is writing to this directory")
+    message(FATAL_ERROR "train-ghn on a locked directory must fail (rc ${rc}): ${err}")
+  endif()
+endif()
+
 # Resuming a finished run does no step; the log keeps its lines.
 run(train-ghn --out ${dir} --resume --eval-archs 0 --no-progress)
 file(STRINGS ${dir}/train.jsonl lines REGEX "\"event\":\"step\"")
@@ -87,8 +97,9 @@ if(NOT n EQUAL 3)  # header + 2 policies
 endif()
 run(export-int --checkpoint ${dir}/ghn.safetensors --test-index 0 --quant W8A8 --calib-batches 1
     --out ${dir}/int.safetensors --threads 2)
-run(eval-int --model ${dir}/int.safetensors --test-limit 64 --threads 2)
-if(NOT out MATCHES "integer executor top-1: +[0-9]+\\.[0-9]+ %" OR NOT out MATCHES "argmax agreement")
+run(eval-int --model ${dir}/int.safetensors --test-limit 64 --noise-floor --threads 2)
+if(NOT out MATCHES "integer executor top-1: +[0-9]+\\.[0-9]+ %" OR NOT out MATCHES "argmax agreement"
+   OR NOT out MATCHES "noise floor: [^\n]*agreement [0-9]+\\.[0-9]+ %")
   message(FATAL_ERROR "eval-int output:\n${out}")
 endif()
 

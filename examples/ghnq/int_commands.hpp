@@ -37,10 +37,12 @@ const char* kExportIntUsage =
     "TFLite's convention (bias at the accumulator's step), which costs agreement at 4 bits and below.\n";
 
 const char* kEvalIntUsage =
-    "usage: ghnq eval-int --model MODEL.safetensors [--test-limit N] [--batch B] [--per-batch]\n"
+    "usage: ghnq eval-int --model MODEL.safetensors [--test-limit N] [--batch B] [--per-batch] [--noise-floor]\n"
     "                     [--dataset fashion-mnist|cifar10] [--data DIR] [--threads T]\n"
     "Top-1 of the integer-only executor and of fake-quant evaluation with the same fixed scales, and their\n"
-    "difference. --per-batch also reports fake quantization with per-batch activation ranges (the executor's rule).\n";
+    "difference. --per-batch also reports fake quantization with per-batch activation ranges (the executor's rule).\n"
+    "--noise-floor also reports how often fake quantization changes its prediction when every activation scale\n"
+    "moves by 2 float ulps (about 2^-22, the integer glue's precision): the agreement float rounding alone allows.\n";
 
 /// Normalized test / calibration images of a loader as float tensors.
 inline std::vector<ghnq::data::batch> int_batches(const ghnq::data::dataset& ds, const ghnq::data::normalization& norm,
@@ -148,7 +150,7 @@ inline int export_int(int argc, char** argv) {
 
 /// Result of evaluating one integer model.
 struct int_eval_result {
-  std::int64_t n = 0, int_correct = 0, ref_correct = 0, dyn_correct = 0, agree = 0;
+  std::int64_t n = 0, int_correct = 0, ref_correct = 0, dyn_correct = 0, agree = 0, floor_agree = 0;
   double max_logit_diff = 0.0, max_logit = 0.0, int_seconds = 0.0, ref_seconds = 0.0;
   double int_top1() const { return 100.0 * static_cast<double>(int_correct) / static_cast<double>(n); }
   double ref_top1() const { return 100.0 * static_cast<double>(ref_correct) / static_cast<double>(n); }
@@ -158,9 +160,13 @@ struct int_eval_result {
 /// Runs the integer executor and the fake-quant reference (same fixed scales; optionally also
 /// per-batch scales) on `batches`.
 inline int_eval_result eval_int_model(const ghnq::exec::int_model& m, const std::vector<ghnq::data::batch>& batches,
-                                      bool per_batch) {
+                                      bool per_batch, bool noise_floor = false) {
   const ghnq::exec::int_executor ie(m);
   const ghnq::exec::fake_quant_reference ref(m);
+  ghnq::exec::int_model moved = noise_floor ? m : ghnq::exec::int_model{};  // every activation scale + 2 ulp
+  for (auto& l : moved.layers) l.a_scale = std::nextafter(std::nextafter(l.a_scale, 2.0f * l.a_scale), 2.0f * l.a_scale);
+  std::unique_ptr<ghnq::exec::fake_quant_reference> ref_moved;
+  if (noise_floor) ref_moved = std::make_unique<ghnq::exec::fake_quant_reference>(moved);
   int_eval_result r;
   auto argmax = [](const ghnq::tensor<float>& t, std::int64_t i) {
     std::int64_t b = 0;
@@ -180,6 +186,10 @@ inline int_eval_result eval_int_model(const ghnq::exec::int_model& m, const std:
     r.ref_correct += ghnq::nn::count_correct(yr, b.labels);
     if (per_batch) r.dyn_correct += ghnq::nn::count_correct(ref.forward(b.images, ghnq::exec::act_scales::per_batch), b.labels);
     for (std::int64_t i = 0; i < yi.dim(0); ++i) r.agree += argmax(yi, i) == argmax(yr, i);
+    if (noise_floor) {
+      const auto ym = ref_moved->forward(b.images);
+      for (std::int64_t i = 0; i < yi.dim(0); ++i) r.floor_agree += argmax(ym, i) == argmax(yr, i);
+    }
     for (std::int64_t k = 0; k < yi.numel(); ++k) {
       r.max_logit_diff = std::max(r.max_logit_diff, static_cast<double>(std::abs(yi.data()[k] - yr.data()[k])));
       r.max_logit = std::max(r.max_logit, static_cast<double>(std::abs(yr.data()[k])));
@@ -190,8 +200,8 @@ inline int_eval_result eval_int_model(const ghnq::exec::int_model& m, const std:
 }
 
 inline int eval_int(int argc, char** argv) {
-  const args a(argc, argv, {"--per-batch"}, kEvalIntUsage);
-  a.allow({"--model", "--test-limit", "--batch", "--per-batch", "--dataset", "--data", "--threads"});
+  const args a(argc, argv, {"--per-batch", "--noise-floor"}, kEvalIntUsage);
+  a.allow({"--model", "--test-limit", "--batch", "--per-batch", "--noise-floor", "--dataset", "--data", "--threads"});
   const auto limit = threads_from(a);
   const std::string path = a.required("--model");
   const auto m = ghnq::exec::load_int_model(path);
@@ -216,7 +226,8 @@ inline int eval_int(int argc, char** argv) {
   const auto test = data.test.head(a.integer("--test-limit", 0));
   const auto batches = int_batches(test, norm, batch, false, 0);
   const bool per_batch = a.has("--per-batch");
-  const auto r = eval_int_model(m, batches, per_batch);
+  const bool noise_floor = a.has("--noise-floor");
+  const auto r = eval_int_model(m, batches, per_batch, noise_floor);
   std::printf("%s: %s, %s, %zu layers, %lld test images (%s), %d threads\n", path.c_str(), info("architecture", "?").c_str(),
               m.quant.name().c_str(), m.layers.size(), static_cast<long long>(r.n), dataset.c_str(),
               static_cast<int>(std::min<std::size_t>(static_cast<std::size_t>(ghnq::max_threads()),
@@ -227,6 +238,9 @@ inline int eval_int(int argc, char** argv) {
               r.int_top1() - r.ref_top1(), 100.0 * static_cast<double>(r.agree) / static_cast<double>(r.n), r.max_logit_diff,
               r.max_logit);
   if (per_batch) std::printf("  fake-quant, per-batch ranges top-1: %7.2f %%\n", r.dyn_top1());
+  if (noise_floor)
+    std::printf("  noise floor: fake-quant vs itself with activation scales + 2 ulp: argmax agreement %.2f %%\n",
+                100.0 * static_cast<double>(r.floor_agree) / static_cast<double>(r.n));
   return 0;
 }
 

@@ -208,6 +208,7 @@ inline int experiment_mixed(int argc, char** argv) {
                               static_cast<std::uint64_t>(a.integer("--seed", 0)), data.test);
 
   std::filesystem::create_directories(dir);
+  const dir_lock lock(dir);  // one process per output directory
   std::filesystem::remove(dir + "/mixed.jsonl");
   ghnq::ghn::detail::jsonl_log log(dir + "/mixed.jsonl");
   std::printf("ghnq %s | experiment mixed: %zu GHNs x %zu policies x %zu BN modes | %zu unseen architectures, "
