@@ -112,7 +112,7 @@ void row_cells(const study_row& row, const std::vector<std::string>& columns, co
       const auto rs = eval(q, bn, row.name + " | " + col + " | BN " + bn);
       study_cell c{row.name, col, bn, ghnq::ghn::summarize(rs, "test")};
       log.write({{"row", c.row}, {"column", c.column}, {"bn", c.bn}, {"n", c.s.n}, {"mean", c.s.mean},
-                 {"se", c.s.se}, {"max", c.s.max}, {"min", c.s.min}});
+                 {"se", c.s.se}, {"max", c.s.max}, {"min", c.s.min}, {"nonfinite", c.s.nonfinite}});
       cells.push_back(c);
     }
   }
@@ -324,6 +324,7 @@ inline int experiment_qat(int argc, char** argv) {
         s.n = j.at("n").get<std::size_t>();
         s.mean = j.at("mean").get<double>();
         s.se = j.at("se").get<double>();
+        s.nonfinite = j.value("nonfinite", std::size_t{0});  // absent in logs written before the field
         s.max = j.at("max").get<double>();
         s.min = j.at("min").get<double>();
         done[j.at("row").get<std::string>() + "|" + j.at("column").get<std::string>() + "|" +
@@ -407,11 +408,11 @@ inline int experiment_qat(int argc, char** argv) {
   }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   // Table, CSV, plot.
-  std::string csv = "row,column,bn,n,mean,se,max,min\n";
+  std::string csv = "row,column,bn,n,mean,se,max,min,nonfinite\n";
   char line[256];
   for (const auto& c : cells) {
-    std::snprintf(line, sizeof line, "%s,%s,%s,%zu,%.3f,%.3f,%.3f,%.3f\n", c.row.c_str(), c.column.c_str(), c.bn.c_str(),
-                  c.s.n, c.s.mean, c.s.se, c.s.max, c.s.min);
+    std::snprintf(line, sizeof line, "%s,%s,%s,%zu,%.3f,%.3f,%.3f,%.3f,%zu\n", c.row.c_str(), c.column.c_str(),
+                  c.bn.c_str(), c.s.n, c.s.mean, c.s.se, c.s.max, c.s.min, c.s.nonfinite);
     csv += line;
   }
   ghnq::io::write_file_atomic(dir + "/results.csv", csv);
@@ -424,11 +425,13 @@ inline int experiment_qat(int argc, char** argv) {
       for (const auto& col : columns)
         for (const auto& c : cells)
           if (c.row == r.name && c.column == col && c.bn == bn) {
-            std::snprintf(line, sizeof line, "%.1f±%.1f (%.1f)", c.s.mean, c.s.se, c.s.max);
+            std::snprintf(line, sizeof line, "%.1f±%.1f (%.1f)%s", c.s.mean, c.s.se, c.s.max, c.s.nonfinite > 0 ? "*" : "");
             std::printf(" %20s", line);
           }
       std::printf("\n");
     }
+    if (std::any_of(cells.begin(), cells.end(), [&](const study_cell& c) { return c.bn == bn && c.s.nonfinite > 0; }))
+      std::printf("* some architectures' forward pass was not finite (count: results.csv, column nonfinite)\n");
     write_svg(dir + "/accuracy_vs_bits" + (bn == "batch" ? std::string() : "_" + bn) + ".svg", cells, rows, bn);
   }
   std::printf("\nstudy finished in %.1f min -> %s/results.csv, results.jsonl, accuracy_vs_bits*.svg\n", secs / 60.0,

@@ -79,8 +79,10 @@ inline void print_table(std::FILE* out, const std::string& title, const std::vec
                "min", "best");
   for (const auto& g : ghnq::ghn::groups_of(rows)) {
     const auto s = ghnq::ghn::summarize(rows, g);
-    std::fprintf(out, "  %-10s %5zu %9.2f ± %5.2f %8.2f %8.2f  %s\n", g.c_str(), s.n, s.mean, s.se, s.max, s.min,
+    std::fprintf(out, "  %-10s %5zu %9.2f ± %5.2f %8.2f %8.2f  %s", g.c_str(), s.n, s.mean, s.se, s.max, s.min,
                  s.best.c_str());
+    if (s.nonfinite > 0) std::fprintf(out, "  (%zu not finite)", s.nonfinite);
+    std::fprintf(out, "\n");
   }
 }
 

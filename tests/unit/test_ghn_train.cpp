@@ -339,7 +339,7 @@ TEST_CASE("ghn evaluation: summaries and CSV", "[ghn][eval]") {
   std::ifstream f(path);
   std::stringstream ss;
   ss << f.rdbuf();
-  CHECK(ss.str().rfind("name,group,num_params,top1,loss,predict_ms\na0,test,0,10.0000,", 0) == 0);
+  CHECK(ss.str().rfind("name,group,num_params,top1,loss,predict_ms,finite\na0,test,0,10.0000,", 0) == 0);
   CHECK(!std::filesystem::exists(path + ".tmp"));
   CHECK_THROWS_AS(ghn::write_csv((dir / "missing" / "rows.csv").string(), rows), io_error);
   std::filesystem::remove_all(dir);
@@ -493,6 +493,88 @@ TEST_CASE("ghn evaluation: evaluate_parameters of the predicted parameters equal
     bad[1][0] = autograd::var<float>(tensor<float>::zeros({3}));
     CHECK_THROWS_AS(ghn::evaluate_parameters(archs, bad, factors, ds, eo), shape_error);
   }
+}
+
+TEST_CASE("ghn evaluation: a network whose forward pass is not finite is scored, flagged and counted",
+          "[ghn][eval][quant]") {
+  const auto ds = synthetic(70, 12, false, 8);
+  auto archs = ghn::held_out_architectures(arch::variant::in_distribution, 2, 5, 1, 12, 12, 10);
+  REQUIRE(archs.size() == 2);
+  std::vector<std::vector<autograd::var<float>>> params;
+  for (const auto& a : archs) {
+    rng g(3);
+    params.push_back(exec::executor<backend::cpu_t, float>(a.net).init_parameters(g));
+  }
+  // Architecture 1 made non-finite two ways: a NaN classifier bias (float logits are NaN), and an
+  // infinite first weight, which a min-max quantizer meets as non-finite activations (numeric_error
+  // inside the forward pass; ReLU would turn NaN activations into 0).
+  auto nan_bias = params;
+  {
+    auto b = nan_bias[1].back().value().clone();
+    b.fill(std::numeric_limits<float>::quiet_NaN());
+    nan_bias[1].back() = autograd::var<float>(b);
+  }
+  auto w0 = params[1][0].value().clone();
+  w0.data()[0] = std::numeric_limits<float>::infinity();
+  params[1][0] = autograd::var<float>(w0);
+  std::int64_t class0 = 0;
+  for (std::int64_t i = 0; i < ds.size(); ++i) class0 += ds.labels[static_cast<std::size_t>(i)] == 0;
+  for (const char* q : {"FP32", "W8A8", "W4A4"}) {
+    INFO(q);
+    ghn::eval_options eo;
+    eo.batch_size = 32;
+    eo.quant = exec::parse_quant_name(q, {});
+    if (eo.quant.enabled()) {  // the quantized forward pass itself throws numeric_error
+      data::loader ld(ds, {});
+      data::batch b;
+      REQUIRE(ld.next(b));
+      autograd::tape<float> tp;
+      exec::run_options ro;
+      ro.quant = &eo.quant;
+      exec::executor<backend::cpu_t, float> ex(archs[1].net);
+      CHECK_THROWS_AS(ex.forward(tp, autograd::var<float>(b.images.clone(), false), params[1], ro), numeric_error);
+    }
+    const auto rows = ghn::evaluate_parameters(archs, eo.quant.enabled() ? params : nan_bias, {}, ds, eo);
+    CHECK(rows[0].finite);
+    CHECK(std::isfinite(rows[0].loss));
+    CHECK_FALSE(rows[1].finite);
+    CHECK(std::isnan(rows[1].loss));
+    // NaN logit rows take count_correct's first-maximum rule: class 0.
+    CHECK(rows[1].top1 == Approx(100.0 * static_cast<double>(class0) / static_cast<double>(ds.size())));
+    const auto s = ghn::summarize(rows);
+    CHECK(s.nonfinite == 1);
+    CHECK(s.n == 2);
+  }
+  // forward_backward (the trainer's meta-batch): the non-finite network gets a NaN loss and no
+  // gradient, the other network is unaffected.
+  exec::quant_config qc = exec::parse_quant_name("W4A4", {});
+  exec::run_options ro;
+  ro.quant = &qc;
+  std::vector<std::unique_ptr<exec::executor<backend::cpu_t, float>>> ex;
+  std::vector<exec::executor<backend::cpu_t, float>*> exp;
+  std::vector<std::vector<autograd::var<float>>> trainable;
+  for (std::size_t k = 0; k < 2; ++k) {
+    ex.push_back(std::make_unique<exec::executor<backend::cpu_t, float>>(archs[k].net));
+    exp.push_back(ex.back().get());
+    std::vector<autograd::var<float>> ps;
+    for (const auto& p : params[k]) ps.emplace_back(p.value().clone(), true);
+    trainable.push_back(ps);
+  }
+  data::loader_options lo;
+  lo.batch_size = 16;
+  lo.shuffle = false;
+  data::loader ld(ds, lo);
+  data::batch b;
+  REQUIRE(ld.next(b));
+  const autograd::var<float> x(b.images.clone(), false);
+  const auto res = exec::forward_backward(exp, trainable, x, b.labels, ro, 0.0, false);
+  REQUIRE(res.size() == 2);
+  CHECK(res[0].finite);
+  CHECK(std::isfinite(res[0].loss));
+  CHECK(trainable[0][0].has_grad());
+  CHECK_FALSE(res[1].finite);
+  CHECK(std::isnan(res[1].loss));
+  CHECK_FALSE(trainable[1][0].has_grad());
 }
 
 TEST_CASE("ghn training: per-network gradient clipping", "[ghn][train]") {

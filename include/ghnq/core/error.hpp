@@ -28,6 +28,14 @@ class value_error : public error {
   using error::error;
 };
 
+/// A computation met NaN or infinite values where it needs finite ones (e.g. a quantizer's range
+/// observed on non-finite activations). A value_error, so that callers that catch value_error keep
+/// working; evaluation and training catch it to score or skip the network concerned.
+class numeric_error : public value_error {
+ public:
+  using value_error::value_error;
+};
+
 /// A file could not be read or is malformed (names the file and what is wrong).
 class io_error : public error {
  public:

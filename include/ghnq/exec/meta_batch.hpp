@@ -3,18 +3,21 @@
 /// parallel oneTBB tasks (one tape per network). Results equal running them one by one.
 #pragma once
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include <tbb/parallel_for.h>
 
+#include "ghnq/core/error.hpp"
 #include "ghnq/exec/executor.hpp"
 
 namespace ghnq::exec {
 
 /// What one network of a meta-batch produced.
 struct network_result {
-  double loss = 0.0;          ///< mean cross-entropy over the batch
+  double loss = 0.0;          ///< mean cross-entropy over the batch (NaN when the forward pass was not finite)
   std::int64_t correct = 0;   ///< top-1 hits in the batch
+  bool finite = true;         ///< false: a quantizer met non-finite activations (numeric_error); no gradient
 };
 
 /// For every network k: logits = nets[k]->forward(x, params[k]); loss = CE(logits, labels);
@@ -38,11 +41,17 @@ std::vector<network_result> forward_backward(const std::vector<executor<B, T>*>&
   std::vector<network_result> out(nets.size());
   auto one = [&](std::size_t k) {
     autograd::tape<T, B> tp;
-    auto logits = nets[k]->forward(tp, x, params[k], opt, factors ? &(*factors)[k] : nullptr);
-    auto loss = nn::cross_entropy(tp, logits, labels, label_smoothing);
-    out[k].loss = static_cast<double>(loss.value().to_vector()[0]);
-    out[k].correct = nn::count_correct(logits.value(), labels);
-    if (loss.requires_grad()) tp.backward(loss);
+    try {
+      auto logits = nets[k]->forward(tp, x, params[k], opt, factors ? &(*factors)[k] : nullptr);
+      auto loss = nn::cross_entropy(tp, logits, labels, label_smoothing);
+      out[k].loss = static_cast<double>(loss.value().to_vector()[0]);
+      out[k].correct = nn::count_correct(logits.value(), labels);
+      if (loss.requires_grad()) tp.backward(loss);
+    } catch (const numeric_error&) {  // the network's forward pass is not finite: a NaN loss, as in float
+      out[k].loss = std::numeric_limits<double>::quiet_NaN();
+      out[k].correct = 0;
+      out[k].finite = false;
+    }
   };
   if (parallel && nets.size() > 1) {
     tbb::parallel_for(std::size_t(0), nets.size(), [&](std::size_t k) { one(k); });

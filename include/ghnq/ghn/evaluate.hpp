@@ -119,6 +119,10 @@ struct arch_eval {
   double top1 = 0.0;        ///< percent
   double loss = 0.0;        ///< mean cross-entropy over the test images
   double predict_ms = 0.0;  ///< GHN prediction time (graph construction included)
+  /// false: the network's forward pass was not finite on some test batch (NaN / infinite logits, or
+  /// a quantizer observing non-finite activations, whose logits then count as NaN). NaN logit rows
+  /// are scored by count_correct's first-maximum rule (class 0), as an argmax over NaN would be.
+  bool finite = true;
 };
 
 /// Aggregate over the architectures of one group.
@@ -127,6 +131,7 @@ struct eval_summary {
   std::size_t n = 0;
   double mean = 0.0, se = 0.0, max = 0.0, min = 0.0;  ///< top-1 percent; se = sd / sqrt(n)
   std::string best;                                   ///< name of the best architecture
+  std::size_t nonfinite = 0;                          ///< architectures whose forward pass was not finite
 };
 
 /// Summary of the rows of `group` (all rows when group is empty).
@@ -142,6 +147,7 @@ inline eval_summary summarize(const std::vector<arch_eval>& rows, const std::str
     }
     if (s.n == 0 || r.top1 < s.min) s.min = r.top1;
     sum += r.top1;
+    s.nonfinite += r.finite ? 0 : 1;
     ++s.n;
   }
   if (s.n == 0) return s;
@@ -160,14 +166,14 @@ inline std::vector<std::string> groups_of(const std::vector<arch_eval>& rows) {
   return g;
 }
 
-/// Write the per-architecture rows as CSV (name,group,num_params,top1,loss,predict_ms),
+/// Write the per-architecture rows as CSV (name,group,num_params,top1,loss,predict_ms,finite),
 /// atomically (temporary file + rename). io_error naming the file on failure.
 inline void write_csv(const std::string& path, const std::vector<arch_eval>& rows) {
-  std::string text = "name,group,num_params,top1,loss,predict_ms\n";
+  std::string text = "name,group,num_params,top1,loss,predict_ms,finite\n";
   char line[512];
   for (const auto& r : rows) {
-    std::snprintf(line, sizeof line, "%s,%s,%lld,%.4f,%.6f,%.3f\n", r.name.c_str(), r.group.c_str(),
-                  static_cast<long long>(r.num_params), r.top1, r.loss, r.predict_ms);
+    std::snprintf(line, sizeof line, "%s,%s,%lld,%.4f,%.6f,%.3f,%d\n", r.name.c_str(), r.group.c_str(),
+                  static_cast<long long>(r.num_params), r.top1, r.loss, r.predict_ms, r.finite ? 1 : 0);
     text += line;
   }
   io::write_file_atomic(path, text);
@@ -226,11 +232,21 @@ void run_evaluation(const std::vector<eval_architecture>& archs, std::vector<std
     std::int64_t correct = 0, n = 0;
     double loss = 0.0;
     for (std::size_t k = 0; k < xs.size(); ++k) {
-      const auto logits = ex.forward(tp, xs[k], params[i], ro, f);
-      const auto l = nn::cross_entropy(tp, logits, ys[k]);
       const auto nb = static_cast<std::int64_t>(ys[k].size());
-      loss += static_cast<double>(l.value().to_vector()[0]) * static_cast<double>(nb);
-      correct += nn::count_correct(logits.value(), ys[k]);
+      try {
+        const auto logits = ex.forward(tp, xs[k], params[i], ro, f);
+        const auto l = nn::cross_entropy(tp, logits, ys[k]);
+        const double lk = static_cast<double>(l.value().to_vector()[0]);
+        if (!std::isfinite(lk)) rows[i].finite = false;
+        loss += lk * static_cast<double>(nb);
+        correct += nn::count_correct(logits.value(), ys[k]);
+      } catch (const numeric_error&) {  // scored as NaN logits (see arch_eval::finite)
+        rows[i].finite = false;
+        const std::int64_t classes = archs[i].net.num_classes;
+        const auto nan = tensor<T>::full({nb, classes}, std::numeric_limits<T>::quiet_NaN());
+        loss = std::numeric_limits<double>::quiet_NaN();
+        correct += nn::count_correct(nan, ys[k]);
+      }
       n += nb;
     }
     rows[i].top1 = 100.0 * static_cast<double>(correct) / static_cast<double>(n);

@@ -63,7 +63,7 @@ class observer {
     std::vector<T> lo(static_cast<std::size_t>(channels)), hi(lo.size());
     const bool finite =
         backend::impl<B, backend::op::quant_range>::run(x.data(), channels, x.numel() / channels, lo.data(), hi.data());
-    GHNQ_CHECK(finite, value_error, "quant::observer::observe", where(), ": the observed tensor of shape ", x.shape(),
+    GHNQ_CHECK(finite, numeric_error, "quant::observer::observe", where(), ": the observed tensor of shape ", x.shape(),
                " holds NaN or infinite values, so its range is not finite");
     if (count_ == 0 || kind_ == observer_kind::current) {
       lo_.assign(lo.begin(), lo.end());
