@@ -11,7 +11,8 @@
 // clipped at 5, dropout on, batch 64), then quantized at test time like FP.
 // Columns: FP32, W8A8, W4A4, W2A2, W4A8, W2A8 (evaluated with the quantizers the row trained
 // with). Cells: mean ± SE, max and min top-1 over unseen test-split architectures, for each BN mode.
-// Outputs DIR/results.csv, DIR/results.jsonl, DIR/accuracy_vs_bits.svg and DIR/<row>/ checkpoints.
+// Outputs DIR/results.csv, DIR/results.md (the tables in Markdown), DIR/results.jsonl,
+// DIR/accuracy_vs_bits.svg and DIR/<row>/ checkpoints.
 #pragma once
 #include <chrono>
 #include <cstdio>
@@ -416,7 +417,35 @@ inline int experiment_qat(int argc, char** argv) {
     csv += line;
   }
   ghnq::io::write_file_atomic(dir + "/results.csv", csv);
+  std::string md;  // the same tables in Markdown, for a README or a paper's notes
   for (const auto& bn : bns) {
+    md += "Mean top-1 % ± SE (max) over " + std::to_string(archs.size()) + " unseen test-split architectures" +
+          (test_limit > 0 ? ", " + std::to_string(data.test.head(test_limit).size()) + " test images" : std::string()) +
+          ", BatchNorm " + (bn == "batch" ? std::string("with test-batch statistics") : std::string("calibrated and folded")) +
+          ":\n\n| GHN |";
+    for (const auto& col : columns) md += " " + col + " |";
+    md += "\n| --- |";
+    for (std::size_t k = 0; k < columns.size(); ++k) md += " --- |";
+    md += "\n";
+    bool marked = false;
+    for (const auto& r : rows) {
+      md += "| " + r.name + " |";
+      for (const auto& col : columns)
+        for (const auto& c : cells)
+          if (c.row == r.name && c.column == col && c.bn == bn) {
+            std::snprintf(line, sizeof line, " %.1f ± %.1f (%.1f)", c.s.mean, c.s.se, c.s.max);
+            md += line;
+            if (c.s.n != archs.size()) md += " [n=" + std::to_string(c.s.n) + "]";
+            if (c.s.nonfinite > 0) {
+              md += " [" + std::to_string(c.s.nonfinite) + " not finite]";
+              marked = true;
+            }
+            md += " |";
+          }
+      md += "\n";
+    }
+    md += marked ? "\n[k not finite]: that many architectures' forward pass was not finite (scored as NaN logits).\n\n"
+                 : "\n";
     std::printf("\nmean top-1 %% ± SE (max) over %zu unseen architectures, BN %s\n%-14s", archs.size(), bn.c_str(), "row");
     for (const auto& col : columns) std::printf(" %20s", col.c_str());
     std::printf("\n");
@@ -434,7 +463,8 @@ inline int experiment_qat(int argc, char** argv) {
       std::printf("* some architectures' forward pass was not finite (count: results.csv, column nonfinite)\n");
     write_svg(dir + "/accuracy_vs_bits" + (bn == "batch" ? std::string() : "_" + bn) + ".svg", cells, rows, bn);
   }
-  std::printf("\nstudy finished in %.1f min -> %s/results.csv, results.jsonl, accuracy_vs_bits*.svg\n", secs / 60.0,
+  ghnq::io::write_file_atomic(dir + "/results.md", md);
+  std::printf("\nstudy finished in %.1f min -> %s/results.csv, results.md, results.jsonl, accuracy_vs_bits*.svg\n", secs / 60.0,
               dir.c_str());
   return 0;
 }
