@@ -173,6 +173,67 @@ TEST_CASE("ghn training: deterministic, parallel == sequential, and the architec
   CHECK(arch::canonical_hash(n0[0]) != arch::canonical_hash(n1[0]));
 }
 
+TEST_CASE("ghn training: the meta-batch node filter redraws oversized draws, deterministically", "[ghn][train]") {
+  auto o = small_options();
+  o.meta_batch = 3;
+  auto nodes = [](const std::vector<arch::network>& nets) {
+    int n = 0;
+    for (const auto& net : nets) n += graph::build(net, 1).n_nodes();
+    return n;
+  };
+  o.max_nodes_batch = 0;  // off: the sampler's first draw of each step
+  std::vector<int> unfiltered;
+  for (int step = 0; step < 12; ++step) unfiltered.push_back(nodes(ghn::training_architectures(o, step, 1, 12, 12, 10)));
+  std::vector<int> sorted = unfiltered;
+  std::sort(sorted.begin(), sorted.end());
+  o.max_nodes_batch = sorted[sorted.size() / 2];  // about half of the first draws exceed it
+  int redrawn = 0;
+  for (int step = 0; step < 12; ++step) {
+    const auto nets = ghn::training_architectures(o, step, 1, 12, 12, 10);
+    const int n = nodes(nets);
+    CHECK(n <= o.max_nodes_batch);
+    if (unfiltered[static_cast<std::size_t>(step)] > o.max_nodes_batch) {
+      ++redrawn;
+    } else {  // a draw within the limit is kept as it is
+      CHECK(n == unfiltered[static_cast<std::size_t>(step)]);
+    }
+    const auto again = ghn::training_architectures(o, step, 1, 12, 12, 10);
+    for (std::size_t k = 0; k < nets.size(); ++k) CHECK(arch::canonical_hash(nets[k]) == arch::canonical_hash(again[k]));
+  }
+  CHECK(redrawn > 0);
+  o.max_nodes_batch = 5;  // no network has so few nodes
+  CHECK_THROWS_AS(ghn::training_architectures(o, 0, 1, 12, 12, 10), value_error);
+}
+
+TEST_CASE("ghn training: the networks of a meta-batch draw independent dropout masks", "[ghn][train]") {
+  arch::builder b(1, 8, 8, 10);
+  const int f = b.flatten(b.relu(b.conv(b.input(), 4, 3, 1, 1, 1, 1, true, "c")), "flat");
+  const auto net = b.finish(b.linear(b.dropout(b.relu(b.linear(f, 32, true, "fc1")), 0.5, "drop"), 10, true, "fc2"), "drop_net");
+  rng g(2);
+  exec::executor<backend::cpu_t, float> e0(net), e1(net);
+  const auto ps = e0.init_parameters(g);
+  std::vector<std::vector<autograd::var<float>>> params(2);
+  for (auto& set : params)
+    for (const auto& p : ps) set.emplace_back(p.value().clone(), true);
+  tensor<float> xt({16, 1, 8, 8});
+  for (std::int64_t i = 0; i < xt.numel(); ++i) xt.data()[i] = static_cast<float>(g.normal());
+  const autograd::var<float> x(xt, false);
+  std::vector<std::int32_t> y(16);
+  for (std::size_t i = 0; i < y.size(); ++i) y[i] = static_cast<std::int32_t>(i % 10);
+  exec::run_options ro;
+  ro.dropout = true;
+  ro.dropout_seed = 77;
+  const auto res = exec::forward_backward<backend::cpu_t, float>({&e0, &e1}, params, x, y, ro, 0.0, false);
+  CHECK(res[0].loss != res[1].loss);  // the same network and parameters, different masks
+  // network 0 uses the given seed itself
+  autograd::tape<float> tp;
+  const auto l0 = nn::cross_entropy(tp, e0.forward(tp, x, params[0], ro), y);
+  CHECK(static_cast<double>(l0.value().to_vector()[0]) == res[0].loss);
+  ro.dropout = false;
+  const auto off = exec::forward_backward<backend::cpu_t, float>({&e0, &e1}, params, x, y, ro, 0.0, false);
+  CHECK(off[0].loss == off[1].loss);
+}
+
 TEST_CASE("ghn training: the step's loss is the mean CE of the predicted networks on the step's batch",
           "[ghn][train]") {
   const auto ds = synthetic(40, 12, false, 2);

@@ -22,8 +22,10 @@ struct network_result {
 
 /// For every network k: logits = nets[k]->forward(x, params[k]); loss = CE(logits, labels);
 /// backward into params[k] (their gradients accumulate), with the quantizer log-factors
-/// (*factors)[k] when given (their gradients accumulate too). `parallel` runs the networks as
-/// concurrent tasks; ops inside each network still split their own work on the same pool.
+/// (*factors)[k] when given (their gradients accumulate too). Network k draws its dropout masks from
+/// opt.dropout_seed + k * 0x9E3779B97F4A7C15 (independent masks, as separate forward passes have).
+/// `parallel` runs the networks as concurrent tasks; ops inside each network still split their own
+/// work on the same pool.
 /// \code
 /// auto res = ghnq::exec::forward_backward(nets, params, x, labels, opt);
 /// \endcode
@@ -41,8 +43,10 @@ std::vector<network_result> forward_backward(const std::vector<executor<B, T>*>&
   std::vector<network_result> out(nets.size());
   auto one = [&](std::size_t k) {
     autograd::tape<T, B> tp;
+    run_options ok = opt;  // network k's own dropout masks (network 0: opt.dropout_seed itself)
+    ok.dropout_seed = opt.dropout_seed + 0x9E3779B97F4A7C15ULL * static_cast<std::uint64_t>(k);
     try {
-      auto logits = nets[k]->forward(tp, x, params[k], opt, factors ? &(*factors)[k] : nullptr);
+      auto logits = nets[k]->forward(tp, x, params[k], ok, factors ? &(*factors)[k] : nullptr);
       auto loss = nn::cross_entropy(tp, logits, labels, label_smoothing);
       out[k].loss = static_cast<double>(loss.value().to_vector()[0]);
       out[k].correct = nn::count_correct(logits.value(), labels);

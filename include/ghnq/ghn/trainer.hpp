@@ -126,6 +126,9 @@ struct train_options {
   strategy strat = strategy::fp;    ///< quantization in the loop
   exec::quant_config quant;         ///< bit-widths and quantizers of qat / noise (and qat_mixed's kinds)
   std::vector<int> mixed_bits = {8, 4, 2};  ///< qat_mixed: the bit-widths drawn from
+  /// The reference's meta-batch filter: a step's m architectures are redrawn (the sampler's next m)
+  /// while their graphs hold more than this many nodes in total; <= 0 disables it.
+  int max_nodes_batch = graph::kMaxNodesBatch;
 };
 
 
@@ -171,7 +174,9 @@ inline exec::quant_config quant_at(const train_options& o, std::int64_t step) {
 }
 
 /// The m architectures of step `step` (deterministic in (opt.seed, step)), built for an input
-/// of `in` channels / size and `classes` classes. Names are "train-<step>-<k>".
+/// of `in` channels / size and `classes` classes. Names are "train-<step>-<k>". A draw whose
+/// graphs hold more than opt.max_nodes_batch nodes in total is discarded and the next m are drawn
+/// (value_error after 1000 draws).
 inline std::vector<arch::network> training_architectures(const train_options& opt, std::int64_t step, int channels,
                                                          int height, int width, int classes) {
   arch::sampler_options so = opt.space;
@@ -183,12 +188,21 @@ inline std::vector<arch::network> training_architectures(const train_options& op
   rng gw(step_seed(opt.seed, 1, step));
   std::vector<arch::network> nets;
   nets.reserve(static_cast<std::size_t>(opt.meta_batch));
-  for (int k = 0; k < opt.meta_batch; ++k) {
-    auto a = s.next(arch::split::train);
-    if (opt.sample_widths) a = arch::sample_width(a, s.last_num_params(), gw);
-    auto net = s.build(a);
-    net.name = "train-" + std::to_string(step) + "-" + std::to_string(k);
-    nets.push_back(std::move(net));
+  constexpr int kMaxDraws = 1000;
+  for (int draw = 0;; ++draw) {
+    nets.clear();
+    int nodes = 0;
+    for (int k = 0; k < opt.meta_batch; ++k) {
+      auto a = s.next(arch::split::train);
+      if (opt.sample_widths) a = arch::sample_width(a, s.last_num_params(), gw);
+      auto net = s.build(a);
+      net.name = "train-" + std::to_string(step) + "-" + std::to_string(k);
+      if (opt.max_nodes_batch > 0) nodes += graph::build(net, 1).n_nodes();
+      nets.push_back(std::move(net));
+    }
+    if (opt.max_nodes_batch <= 0 || nodes <= opt.max_nodes_batch) break;
+    GHNQ_CHECK(draw + 1 < kMaxDraws, value_error, "training_architectures: no draw of ", opt.meta_batch,
+               " architectures in ", kMaxDraws, " fits train_options.max_nodes_batch = ", opt.max_nodes_batch, " nodes");
   }
   return nets;
 }
