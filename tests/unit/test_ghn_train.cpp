@@ -201,6 +201,12 @@ TEST_CASE("ghn training: the meta-batch node filter redraws oversized draws, det
     for (std::size_t k = 0; k < nets.size(); ++k) CHECK(arch::canonical_hash(nets[k]) == arch::canonical_hash(again[k]));
   }
   CHECK(redrawn > 0);
+  // At Fashion-MNIST's 1x28x28 with the default m = 8 the filter never triggers (docs/training.md).
+  auto fm = small_options();
+  fm.meta_batch = 8;
+  fm.sample_widths = false;
+  fm.max_nodes_batch = 0;
+  for (int step = 0; step < 100; ++step) CHECK(nodes(ghn::training_architectures(fm, step, 1, 28, 28, 10)) <= graph::kMaxNodesBatch);
   o.max_nodes_batch = 5;  // no network has so few nodes
   CHECK_THROWS_AS(ghn::training_architectures(o, 0, 1, 12, 12, 10), value_error);
 }

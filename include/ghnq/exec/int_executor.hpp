@@ -444,20 +444,17 @@ class int_executor {
         });
         const std::int64_t p = g.ho * g.wo;
         auto y = std::make_shared<std::vector<std::int32_t>>(static_cast<std::size_t>(nb * g.o * p));
-        const int sh = l.bias_shift;
-        int_conv2d(xc.data(), r.w16.data(), sh == 0 ? l.bias.data() : nullptr, y->data(), g);
+        int_conv2d(xc.data(), r.w16.data(), nullptr, y->data(), g);
         std::int32_t* yd = y->data();
+        const std::int32_t scale_up = std::int32_t{1} << l.bias_shift;
         parallel_for(0, nb * g.o, grain(p), [&](std::int64_t b, std::int64_t e) {
           for (std::int64_t t = b; t < e; ++t) {
             const auto c = static_cast<std::size_t>(t % g.o);
             const fixed_multiplier& fm = r.ch_mult[c];
-            if (sh == 0) {
-              for (std::int64_t k = t * p; k < (t + 1) * p; ++k) yd[k] = saturate_i32(apply_multiplier(yd[k], fm));
-            } else {  // acc = bias + 2^sh sum w q: within int32 (validate_int_model checks the bound)
-              const std::int32_t bc = l.bias[c];
-              for (std::int64_t k = t * p; k < (t + 1) * p; ++k)
-                yd[k] = saturate_i32(apply_multiplier(static_cast<std::int32_t>(yd[k] * (std::int32_t{1} << sh) + bc), fm));
-            }
+            const std::int32_t bc = l.bias[c];
+            // acc = bias + 2^bias_shift sum w q: within int32 (validate_int_model checks the bound)
+            for (std::int64_t k = t * p; k < (t + 1) * p; ++k)
+              yd[k] = saturate_i32(apply_multiplier(static_cast<std::int32_t>(yd[k] * scale_up + bc), fm));
           }
         });
         return y;

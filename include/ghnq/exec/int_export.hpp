@@ -858,14 +858,13 @@ inline int_model make_int_model(const arch::network& net_in, const std::vector<a
         l.a_zero_point = static_cast<std::int32_t>(up.zero_point[0]);
       }
     }
-    // int32 biases at scale w_scale[c] * a_scale, with 2^30 headroom (see the file comment).
+    // Room for the int32 biases: 2^30 headroom at the accumulator's step (see the file comment).
     const std::int64_t oc = l.out_channels(), per = l.fan_in();
     const double lim = std::ldexp(1.0, 30);
     for (std::int64_t c = 0; c < oc; ++c) {
       const auto cc = static_cast<std::size_t>(c);
       const double bf = l.bias_float[cc];
-      double bq = std::nearbyint(bf / (static_cast<double>(l.w_scale[cc]) * static_cast<double>(l.a_scale)));
-      if (std::abs(bq) > lim) {
+      if (std::abs(std::nearbyint(bf / (static_cast<double>(l.w_scale[cc]) * static_cast<double>(l.a_scale)))) > lim) {
         const float old = l.w_scale[cc];
         float ns = static_cast<float>(std::abs(bf) / (static_cast<double>(l.a_scale) * lim));
         while (std::abs(std::nearbyint(bf / (static_cast<double>(ns) * l.a_scale))) > lim) ns = std::nextafter(ns, 1e30f);
@@ -875,27 +874,22 @@ inline int_model make_int_model(const arch::network& net_in, const std::vector<a
           const float v = std::nearbyint(static_cast<float>(code) * old / ns);
           code = static_cast<std::int8_t>(std::min(std::max(v, static_cast<float>(l.w_qmin())), static_cast<float>(l.w_qmax())));
         }
-        bq = std::nearbyint(bf / (static_cast<double>(ns) * static_cast<double>(l.a_scale)));
       }
-      l.bias[cc] = static_cast<std::int32_t>(bq);
     }
     // The finest bias step that keeps bias + 2^s sum w q within int32 (see the file comment).
+    auto bias_code = [&](std::size_t c, int sh) {
+      return std::nearbyint(std::ldexp(static_cast<double>(l.bias_float[c]) /
+                                           (static_cast<double>(l.w_scale[c]) * static_cast<double>(l.a_scale)), sh));
+    };
     auto fits = [&](int sh) {
       if (!(std::ldexp(l.acc_bound(), sh) < lim)) return false;
-      for (std::int64_t c = 0; c < oc; ++c) {
-        const auto cc = static_cast<std::size_t>(c);
-        const double step = static_cast<double>(l.w_scale[cc]) * static_cast<double>(l.a_scale);
-        if (std::abs(std::nearbyint(std::ldexp(static_cast<double>(l.bias_float[cc]) / step, sh))) > lim) return false;
-      }
+      for (std::size_t c = 0; c < l.bias_float.size(); ++c)
+        if (std::abs(bias_code(c, sh)) > lim) return false;
       return true;
     };
     l.bias_shift = 0;
     while (l.bias_shift < opt.max_bias_shift && fits(l.bias_shift + 1)) ++l.bias_shift;
-    for (std::int64_t c = 0; c < oc && l.bias_shift > 0; ++c) {
-      const auto cc = static_cast<std::size_t>(c);
-      const double step = static_cast<double>(l.w_scale[cc]) * static_cast<double>(l.a_scale);
-      l.bias[cc] = static_cast<std::int32_t>(std::nearbyint(std::ldexp(static_cast<double>(l.bias_float[cc]) / step, l.bias_shift)));
-    }
+    for (std::size_t c = 0; c < l.bias.size(); ++c) l.bias[c] = static_cast<std::int32_t>(bias_code(c, l.bias_shift));
   }
 
   // Scales of the int32 values.
