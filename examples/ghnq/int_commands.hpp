@@ -230,8 +230,7 @@ inline int eval_int(int argc, char** argv) {
   const auto r = eval_int_model(m, batches, per_batch, noise_floor);
   std::printf("%s: %s, %s, %zu layers, %lld test images (%s), %d threads\n", path.c_str(), info("architecture", "?").c_str(),
               m.quant.name().c_str(), m.layers.size(), static_cast<long long>(r.n), dataset.c_str(),
-              static_cast<int>(std::min<std::size_t>(static_cast<std::size_t>(ghnq::max_threads()),
-                                                     tbb::global_control::active_value(tbb::global_control::max_allowed_parallelism))));
+              ghnq::max_threads());
   std::printf("  integer executor top-1:           %7.2f %%  (%.1f s)\n", r.int_top1(), r.int_seconds);
   std::printf("  fake-quant, same scales top-1:    %7.2f %%  (%.1f s)\n", r.ref_top1(), r.ref_seconds);
   std::printf("  difference (integer - fake-quant): %+.2f points; argmax agreement %.2f %%; max |logit diff| %.4g (max |logit| %.4g)\n",

@@ -1,5 +1,7 @@
 #include <catch2/catch.hpp>
 
+#include <atomic>
+
 #include "ghnq/ghn.hpp"
 #include "support/gradcheck.hpp"
 
@@ -146,6 +148,19 @@ TEST_CASE("CPU allocator reuses freed blocks of the same size class", "[backend]
   CHECK(after.reused_allocations == before.reused_allocations + 10);
   release_cached_memory();
   CHECK(memory_stats().bytes_cached == 0);
+}
+
+TEST_CASE("max_threads reports an active thread_limit", "[core]") {
+  const int all = ghnq::max_threads();
+  REQUIRE(all >= 1);
+  {
+    ghnq::thread_limit one(1);
+    CHECK(ghnq::max_threads() == 1);
+    std::atomic<int> seen{0};
+    ghnq::parallel_for(0, 64, 1, [&](std::int64_t a, std::int64_t b) { seen += static_cast<int>(b - a); });
+    CHECK(seen == 64);
+  }
+  CHECK(ghnq::max_threads() == all);
 }
 
 TEST_CASE("the header version matches the CMake project version", "[core]") {

@@ -4,6 +4,7 @@
 /// Eigen is never multi-threaded inside these loops (ghnq does not enable Eigen's OpenMP), so
 /// there is exactly one thread pool: oneTBB's.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 
@@ -29,8 +30,13 @@ void parallel_for(std::int64_t first, std::int64_t last, std::int64_t grain, F&&
                     [&](const tbb::blocked_range<std::int64_t>& r) { f(r.begin(), r.end()); });
 }
 
-/// Number of worker threads ghnq's parallel loops may use right now.
-inline int max_threads() { return tbb::this_task_arena::max_concurrency(); }
+/// Number of worker threads ghnq's parallel loops may use right now: the current arena's
+/// concurrency, capped by an active thread_limit (tbb::global_control).
+inline int max_threads() {
+  const auto arena = static_cast<std::size_t>(tbb::this_task_arena::max_concurrency());
+  const auto cap = tbb::global_control::active_value(tbb::global_control::max_allowed_parallelism);
+  return static_cast<int>(std::min(arena, cap));
+}
 
 /// Limits oneTBB (and so ghnq) to n threads while the object lives.
 /// \code ghnq::thread_limit one(1);  // single-threaded region \endcode
