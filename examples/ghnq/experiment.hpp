@@ -110,10 +110,13 @@ void row_cells(const study_row& row, const std::vector<std::string>& columns, co
       q.wq = row.wq;
       q.aq = row.aq;
       q = ghnq::exec::parse_quant_name(col, q);
+      const auto t0 = std::chrono::steady_clock::now();
       const auto rs = eval(q, bn, row.name + " | " + col + " | BN " + bn);
+      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       study_cell c{row.name, col, bn, ghnq::ghn::summarize(rs, "test")};
       log.write({{"row", c.row}, {"column", c.column}, {"bn", c.bn}, {"n", c.s.n}, {"mean", c.s.mean},
-                 {"se", c.s.se}, {"max", c.s.max}, {"min", c.s.min}, {"nonfinite", c.s.nonfinite}});
+                 {"se", c.s.se}, {"max", c.s.max}, {"min", c.s.min}, {"nonfinite", c.s.nonfinite},
+                 {"seconds", seconds}});
       cells.push_back(c);
     }
   }
