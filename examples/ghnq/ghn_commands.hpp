@@ -114,8 +114,14 @@ std::vector<ghnq::ghn::arch_eval> run_eval_with(EvalFn&& fn, std::size_t n_archs
   ghnq::io::progress bar("eval", static_cast<std::int64_t>(n_archs), "arch");
   std::atomic<std::int64_t> done{0};
   std::mutex mu;
-  const std::vector<ghnq::ghn::arch_eval> rows = fn(eo, [&](std::size_t, const ghnq::ghn::arch_eval&) {
+  // One line per architecture as it finishes, so that a long evaluation cut short keeps what it measured.
+  ghnq::ghn::detail::jsonl_log log(log_path);
+  const std::string quant_name = quant.name(), bn_name = calib ? "calibrate-fold" : "batch";
+  const std::vector<ghnq::ghn::arch_eval> rows = fn(eo, [&](std::size_t, const ghnq::ghn::arch_eval& r) {
     std::lock_guard<std::mutex> lk(mu);
+    log.write({{"event", "arch"}, {"title", title}, {"quant", quant_name}, {"bn", bn_name}, {"name", r.name},
+               {"group", r.group}, {"num_params", r.num_params}, {"top1", r.top1}, {"loss", r.loss},
+               {"finite", r.finite}});
     bar.update(++done);
   });
   bar.finish();
@@ -125,11 +131,10 @@ std::vector<ghnq::ghn::arch_eval> run_eval_with(EvalFn&& fn, std::size_t n_archs
   std::fflush(stdout);
   if (!csv.empty()) ghnq::ghn::write_csv(csv, rows);
   if (!log_path.empty()) {
-    ghnq::ghn::detail::jsonl_log log(log_path);
     for (const auto& g : ghnq::ghn::groups_of(rows)) {
       const auto s = ghnq::ghn::summarize(rows, g);
-      log.write({{"event", "final_eval"}, {"title", title}, {"quant", quant.name()},
-                 {"bn", calib ? "calibrate-fold" : "batch"}, {"group", g}, {"n", s.n}, {"mean", s.mean},
+      log.write({{"event", "final_eval"}, {"title", title}, {"quant", quant_name},
+                 {"bn", bn_name}, {"group", g}, {"n", s.n}, {"mean", s.mean},
                  {"se", s.se}, {"max", s.max}, {"min", s.min}, {"best", s.best}, {"seconds", secs}});
     }
   }

@@ -67,9 +67,16 @@ if(NOT n EQUAL 3)
 endif()
 
 run(eval-ghn --checkpoint ${dir}/ghn.safetensors --archs 2 --groups test,families --test-limit 64
-    --csv ${dir}/e.csv)
+    --csv ${dir}/e.csv --log ${dir}/e.jsonl)
 if(NOT out MATCHES "test +2 " OR NOT out MATCHES "families +4 ")
   message(FATAL_ERROR "eval-ghn table lacks its groups:\n${out}")
+endif()
+file(STRINGS ${dir}/e.jsonl arch_lines REGEX "\"event\":\"arch\".*\"top1\":")
+file(STRINGS ${dir}/e.jsonl group_lines REGEX "\"event\":\"final_eval\"")
+list(LENGTH arch_lines na)
+list(LENGTH group_lines ng)
+if(NOT na EQUAL 6 OR NOT ng EQUAL 2)  # every architecture as it finishes, then one line per group
+  message(FATAL_ERROR "eval-ghn --log: ${na} architecture lines (expected 6), ${ng} group lines (expected 2)")
 endif()
 
 if(EXISTS ${BENCH})
