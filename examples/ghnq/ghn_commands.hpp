@@ -100,7 +100,8 @@ std::vector<ghnq::ghn::arch_eval> run_eval_with(EvalFn&& fn, std::size_t n_archs
                                                 const ghnq::data::normalization& norm, long long test_limit,
                                                 const std::string& title, const std::string& csv,
                                                 const std::string& log_path, const ghnq::exec::quant_config& quant,
-                                                const ghnq::data::dataset* calib, int calib_batches) {
+                                                const ghnq::data::dataset* calib, int calib_batches,
+                                                bool calib_quantized = false) {
   ghnq::ghn::eval_options eo;
   eo.norm = norm;
   eo.quant = quant;
@@ -108,6 +109,7 @@ std::vector<ghnq::ghn::arch_eval> run_eval_with(EvalFn&& fn, std::size_t n_archs
     eo.bn = ghnq::ghn::eval_bn::calibrate_fold;
     eo.calib_data = calib;
     eo.calib_batches = calib_batches;
+    eo.calib_quantized = calib_quantized;
   }
   eo.max_images = test_limit;
   const auto t0 = std::chrono::steady_clock::now();
@@ -116,7 +118,8 @@ std::vector<ghnq::ghn::arch_eval> run_eval_with(EvalFn&& fn, std::size_t n_archs
   std::mutex mu;
   // One line per architecture as it finishes, so that a long evaluation cut short keeps what it measured.
   ghnq::ghn::detail::jsonl_log log(log_path);
-  const std::string quant_name = quant.name(), bn_name = calib ? "calibrate-fold" : "batch";
+  const std::string quant_name = quant.name(),
+                    bn_name = calib ? (calib_quantized && quant.enabled() ? "calibrate-quant-fold" : "calibrate-fold") : "batch";
   const std::vector<ghnq::ghn::arch_eval> rows = fn(eo, [&](std::size_t, const ghnq::ghn::arch_eval& r) {
     std::lock_guard<std::mutex> lk(mu);
     log.write({{"event", "arch"}, {"title", title}, {"quant", quant_name}, {"bn", bn_name}, {"name", r.name},
@@ -147,12 +150,13 @@ inline std::vector<ghnq::ghn::arch_eval> run_eval(const ghn_t& ghn, const std::v
                                                   long long test_limit, const std::string& title,
                                                   const std::string& csv, const std::string& log_path,
                                                   const ghnq::exec::quant_config& quant = {},
-                                                  const ghnq::data::dataset* calib = nullptr, int calib_batches = 8) {
+                                                  const ghnq::data::dataset* calib = nullptr, int calib_batches = 8,
+                                                  bool calib_quantized = false) {
   return run_eval_with(
       [&](const ghnq::ghn::eval_options& eo, const std::function<void(std::size_t, const ghnq::ghn::arch_eval&)>& cb) {
         return ghnq::ghn::evaluate(ghn, archs, test, eo, cb);
       },
-      archs.size(), test, norm, test_limit, title, csv, log_path, quant, calib, calib_batches);
+      archs.size(), test, norm, test_limit, title, csv, log_path, quant, calib, calib_batches, calib_quantized);
 }
 
 const char* kTrainUsage =
@@ -276,19 +280,25 @@ const char* kEvalUsage =
     "                     [--dataset fashion-mnist|cifar10] [--data DIR] [--test-limit N] [--seed S] [--csv FILE]\n"
     "                     [--log FILE.jsonl] [--threads T] [--quant FP32,W8A8,W4A4,W2A2,W4A8,W2A8]\n"
     "                     [--wq uniform|lsq|binary|ternary] [--aq uniform|lsq|pact] [--first-last-bits B]\n"
-    "                     [--bn batch|fold] [--calib-batches K]\n"
+    "                     [--bn batch|fold] [--calib-batches K] [--calib float|quant]\n"
     "Predicts the parameters of unseen architectures (test split and out-of-distribution groups) and reports\n"
-    "top-1 (BatchNorm with test-batch statistics, batch 64): mean ± standard error, max, min per group.\n";
+    "top-1 (BatchNorm with test-batch statistics, batch 64): mean ± standard error, max, min per group.\n"
+    "--bn fold: running statistics from K training batches, BN folded into the conv before its weights are\n"
+    "quantized; --calib quant takes those statistics through the quantized network instead of in float.\n";
 
 inline int eval_ghn(int argc, char** argv) {
   const args a(argc, argv, {"--untrained"}, kEvalUsage);
   a.allow({"--checkpoint", "--untrained", "--archs", "--groups", "--dataset", "--data", "--test-limit", "--seed",
-           "--csv", "--log", "--threads", "--quant", "--wq", "--aq", "--first-last-bits", "--bn", "--calib-batches"});
+           "--csv", "--log", "--threads", "--quant", "--wq", "--aq", "--first-last-bits", "--bn", "--calib-batches",
+           "--calib"});
   const auto limit = threads_from(a);
   if (a.has("--checkpoint") == a.has("--untrained"))
     throw ghnq::value_error(std::string("give exactly one of --checkpoint FILE and --untrained\n") + kEvalUsage);
   const std::string bn = a.str("--bn", "batch");
   if (bn != "batch" && bn != "fold") throw ghnq::value_error("--bn: batch or fold, got '" + bn + "'");
+  const std::string calib = a.str("--calib", "float");
+  if (calib != "float" && calib != "quant") throw ghnq::value_error("--calib: float or quant, got '" + calib + "'");
+  if (a.has("--calib") && bn != "fold") throw ghnq::value_error("--calib applies to --bn fold only");
   const auto data = load_data(a.str("--dataset", "fashion-mnist"), a.str("--data"), bn == "fold");
   ghnq::rng g(static_cast<std::uint64_t>(a.integer("--seed", 1111)));
   ghn_t ghn(g);
@@ -307,9 +317,11 @@ inline int eval_ghn(int argc, char** argv) {
     const auto qc = ghnq::exec::parse_quant_name(qn, base);
     std::string csv = a.str("--csv");
     if (!csv.empty() && quants.size() > 1) csv += "." + qc.name() + ".csv";
-    run_eval(ghn, archs, data.test, data.norm, a.integer("--test-limit", 0), title + ", " + qc.name() + ", BN " + bn,
-             csv, a.str("--log"), qc, bn == "fold" ? &data.train : nullptr,
-             static_cast<int>(a.integer("--calib-batches", 8)));
+    const bool calib_quant = calib == "quant" && qc.enabled();
+    run_eval(ghn, archs, data.test, data.norm, a.integer("--test-limit", 0),
+             title + ", " + qc.name() + ", BN " + bn + (calib_quant ? " (quantized calibration)" : ""), csv,
+             a.str("--log"), qc, bn == "fold" ? &data.train : nullptr, static_cast<int>(a.integer("--calib-batches", 8)),
+             calib_quant);
   }
   return 0;
 }

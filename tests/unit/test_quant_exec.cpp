@@ -321,6 +321,50 @@ TEST_CASE("executor: quantized forward = the same network with manually fake-qua
   for (std::int64_t i = 0; i < yq.value().numel(); ++i) CHECK(ym.value().data()[i] == Approx(yq.value().data()[i]).margin(1e-9));
 }
 
+TEST_CASE("executor: quantized calibration takes BN statistics through the quantized network", "[quant][exec]") {
+  const auto net = arch::family("resnet20", 1, 12, 12, 10);
+  exec::executor<backend::cpu_t, double> ex(net);
+  rng g(4);
+  auto ps = ex.init_parameters(g);
+  const auto x = autograd::var<double>(random_t({8, 1, 12, 12}, 9));
+  exec::quant_config q;
+  q.w_bits = q.a_bits = 2;
+  q.first_last_bits = 0;  // the stem conv at 2 bits too
+  const auto plan = exec::plan_quantization(net, q);
+  const auto& stem_info = ex.params()[0];
+  REQUIRE(stem_info.role == arch::param_role::weight);
+  const auto stem_op = static_cast<std::size_t>(stem_info.op);
+  REQUIRE(plan[stem_op].quantized());
+  autograd::tape<double> tp;
+  autograd::no_grad<autograd::tape<double>> ng(tp);
+  // The stem conv's output on the quantized input with the quantized weight, computed directly.
+  const auto xq = exec::quantize_input(tp, x, plan[stem_op], q, autograd::var<double>());
+  const auto wq = exec::quantize_weight(tp, ps[0], plan[stem_op], q, autograd::var<double>());
+  const auto stem = nn::conv2d(tp, xq, wq, autograd::var<double>(), nn::conv2d_params::square(1, 1));
+  const auto stem_f = nn::conv2d(tp, x, ps[0], autograd::var<double>(), nn::conv2d_params::square(1, 1));
+  const std::int64_t hw = 144;
+  double max_gap = 0;  // between the quantized and the float statistics
+  ex.calibrate(ps, std::vector<autograd::var<double>>{x}, &q);
+  for (std::int64_t c = 0; c < stem.shape()[1]; ++c) {
+    double s = 0, sf = 0;
+    for (std::int64_t n = 0; n < 8; ++n)
+      for (std::int64_t i = 0; i < hw; ++i) {
+        s += stem.value().select(n).select(c).flat(i);
+        sf += stem_f.value().select(n).select(c).flat(i);
+      }
+    CHECK(ex.bn_states()[0].running_mean.flat(c) == Approx(s / (8 * hw)).epsilon(1e-9));
+    max_gap = std::max(max_gap, std::abs(s - sf) / (8 * hw));
+  }
+  CHECK(max_gap > 1e-3);  // 2-bit quantization moves the statistics: the check above can tell them apart
+  // Without a config (or a disabled one) calibration is the float one.
+  ex.calibrate(ps, std::vector<autograd::var<double>>{x});
+  const auto float_mean = ex.bn_states()[0].running_mean.clone();
+  exec::quant_config off;
+  ex.calibrate(ps, std::vector<autograd::var<double>>{x}, &off);
+  for (std::int64_t c = 0; c < float_mean.numel(); ++c)
+    CHECK(ex.bn_states()[0].running_mean.flat(c) == float_mean.flat(c));
+}
+
 TEST_CASE("executor: BN folding equals running-statistics evaluation in float", "[quant][exec]") {
   for (const char* f : {"resnet20", "mobilenet_v2"}) {
     const auto net = arch::family(f, 1, 12, 12, 10);

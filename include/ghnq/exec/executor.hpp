@@ -175,9 +175,14 @@ class executor {
 
   /// Calibrate-then-use: reset the running statistics and set them to the cumulative average of
   /// the batch statistics over the given batches (no gradients); afterwards evaluate with
-  /// bn_mode::running_stats.
+  /// bn_mode::running_stats. `quant` (with its predicted `factors`) runs the calibration batches
+  /// through the fake-quantized network, so that the statistics are those of the quantized
+  /// network's activations; nullptr: in float. Per-channel symmetric weight quantization commutes
+  /// with BN folding's per-channel scaling, so statistics taken this way hold for the folded,
+  /// quantized network too.
   template <class Batches>
-  void calibrate(const std::vector<var_t>& ps, const Batches& batches) {
+  void calibrate(const std::vector<var_t>& ps, const Batches& batches, const quant_config* quant = nullptr,
+                 const quant_factors<T, Backend>* factors = nullptr) {
     reset_running_stats();
     tape_t tp;
     autograd::no_grad<tape_t> ng(tp);
@@ -187,7 +192,8 @@ class executor {
       o.bn = bn_mode::batch_stats;
       o.update_running_stats = true;
       o.bn_momentum = 1.0 / static_cast<double>(k + 1);  // cumulative moving average
-      forward(tp, xb, ps, o);
+      if (quant != nullptr && quant->enabled()) o.quant = quant;
+      forward(tp, xb, ps, o, factors);
       ++k;
     }
   }

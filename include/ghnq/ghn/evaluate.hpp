@@ -93,8 +93,9 @@ inline std::vector<eval_architecture> family_architectures(int channels, int hei
 /// How BatchNorm normalizes during evaluation.
 enum class eval_bn : std::uint8_t {
   batch_stats,     ///< statistics of each test batch (GHN-2's protocol)
-  calibrate_fold,  ///< running statistics from `calib_batches` training batches in float, BN folded
-                   ///< into the preceding conv before its weights are quantized
+  calibrate_fold,  ///< running statistics from `calib_batches` training batches (in float, or through
+                   ///< the quantized network with eval_options::calib_quantized), BN folded into the
+                   ///< preceding conv before its weights are quantized
 };
 
 /// Options of an evaluation.
@@ -109,6 +110,9 @@ struct eval_options {
   std::vector<exec::quant_config> per_arch_quant;
   eval_bn bn = eval_bn::batch_stats;
   int calib_batches = 8;          ///< calibrate_fold: training batches for the running statistics
+  /// calibrate_fold: run the calibration batches through the fake-quantized network (statistics of
+  /// the quantized activations) instead of the float one. No effect without quantization.
+  bool calib_quantized = false;
   const data::dataset* calib_data = nullptr;  ///< calibrate_fold: the training set
 };
 
@@ -220,20 +224,29 @@ void run_evaluation(const std::vector<eval_architecture>& archs, std::vector<std
     autograd::no_grad<autograd::tape<T, B>> ng(tp);
     exec::run_options ro;
     ro.bn = exec::bn_mode::batch_stats;
-    if (opt.bn == eval_bn::calibrate_fold) {
-      ex.calibrate(params[i], calib);
-      ro.bn = exec::bn_mode::running_stats;
-      ro.fold_bn = true;
-    }
     const exec::quant_config& q = opt.per_arch_quant.empty() ? opt.quant : opt.per_arch_quant[i];
     const bool quantized = q.enabled();
     if (quantized) ro.quant = &q;
     const exec::quant_factors<T, B>* f = quantized && i < factors.size() ? &factors[i] : nullptr;
+    bool calib_failed = false;  // a quantizer saw non-finite values during calibration: scored as NaN
+    if (opt.bn == eval_bn::calibrate_fold) {
+      try {
+        if (opt.calib_quantized && quantized)
+          ex.calibrate(params[i], calib, &q, f);
+        else
+          ex.calibrate(params[i], calib);
+      } catch (const numeric_error&) {
+        calib_failed = true;
+      }
+      ro.bn = exec::bn_mode::running_stats;
+      ro.fold_bn = true;
+    }
     std::int64_t correct = 0, n = 0;
     double loss = 0.0;
     for (std::size_t k = 0; k < xs.size(); ++k) {
       const auto nb = static_cast<std::int64_t>(ys[k].size());
       try {
+        if (calib_failed) throw numeric_error("evaluate: calibration was not finite");
         const auto logits = ex.forward(tp, xs[k], params[i], ro, f);
         const auto l = nn::cross_entropy(tp, logits, ys[k]);
         const double lk = static_cast<double>(l.value().to_vector()[0]);
