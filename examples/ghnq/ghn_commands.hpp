@@ -119,7 +119,7 @@ std::vector<ghnq::ghn::arch_eval> run_eval_with(EvalFn&& fn, std::size_t n_archs
   // One line per architecture as it finishes, so that a long evaluation cut short keeps what it measured.
   ghnq::ghn::detail::jsonl_log log(log_path);
   const std::string quant_name = quant.name(),
-                    bn_name = calib ? (calib_quantized && quant.enabled() ? "calibrate-quant-fold" : "calibrate-fold") : "batch";
+                    bn_name = calib ? (calib_quantized ? "calibrate-quant-fold" : "calibrate-fold") : "batch";
   const std::vector<ghnq::ghn::arch_eval> rows = fn(eo, [&](std::size_t, const ghnq::ghn::arch_eval& r) {
     std::lock_guard<std::mutex> lk(mu);
     log.write({{"event", "arch"}, {"title", title}, {"quant", quant_name}, {"bn", bn_name}, {"name", r.name},

@@ -231,10 +231,7 @@ void run_evaluation(const std::vector<eval_architecture>& archs, std::vector<std
     bool calib_failed = false;  // a quantizer saw non-finite values during calibration: scored as NaN
     if (opt.bn == eval_bn::calibrate_fold) {
       try {
-        if (opt.calib_quantized && quantized)
-          ex.calibrate(params[i], calib, &q, f);
-        else
-          ex.calibrate(params[i], calib);
+        ex.calibrate(params[i], calib, opt.calib_quantized ? &q : nullptr, f);  // float when q is disabled
       } catch (const numeric_error&) {
         calib_failed = true;
       }
@@ -246,7 +243,7 @@ void run_evaluation(const std::vector<eval_architecture>& archs, std::vector<std
     for (std::size_t k = 0; k < xs.size(); ++k) {
       const auto nb = static_cast<std::int64_t>(ys[k].size());
       try {
-        if (calib_failed) throw numeric_error("evaluate: calibration was not finite");
+        if (calib_failed) throw numeric_error("evaluate: calibration was not finite");  // scored below
         const auto logits = ex.forward(tp, xs[k], params[i], ro, f);
         const auto l = nn::cross_entropy(tp, logits, ys[k]);
         const double lk = static_cast<double>(l.value().to_vector()[0]);
