@@ -14,7 +14,9 @@
 // Outputs DIR/results.csv, DIR/results.md (the tables in Markdown), DIR/results.jsonl,
 // DIR/accuracy_vs_bits.svg and DIR/<row>/ checkpoints.
 #pragma once
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <map>
@@ -53,7 +55,11 @@ inline void write_svg(const std::string& path, const std::vector<study_cell>& ce
   const std::vector<std::pair<std::string, int>> xs = {{"FP32", 32}, {"W8A8", 8}, {"W4A4", 4}, {"W2A2", 2}};
   const double W = 640, H = 400, L = 60, R = 170, T = 30, Bm = 50;
   auto px = [&](std::size_t i) { return L + (W - L - R) * static_cast<double>(i) / static_cast<double>(xs.size() - 1); };
-  auto py = [&](double acc) { return T + (H - T - Bm) * (1.0 - acc / 100.0); };
+  double top = 10;  // y axis from 0 to the best plotted mean rounded up to the next 10 (at most 100)
+  for (const auto& c : cells)
+    if (c.bn == bn && c.s.n > 0 && std::isfinite(c.s.mean)) top = std::max(top, c.s.mean);
+  top = std::min(100.0, 10.0 * std::ceil(top / 10.0 + 0.05));
+  auto py = [&](double acc) { return T + (H - T - Bm) * (1.0 - acc / top); };
   const char* colors[] = {"#888888", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"};
   std::string out;
   char buf[512];
@@ -62,7 +68,7 @@ inline void write_svg(const std::string& path, const std::vector<study_cell>& ce
   out += "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
   std::snprintf(buf, sizeof buf, "<text x=\"%.0f\" y=\"18\">Mean top-1 on unseen architectures vs bit-width (BN %s)</text>\n", L, bn.c_str());
   out += buf;
-  for (int a = 0; a <= 100; a += 20) {
+  for (int a = 0; a <= static_cast<int>(top); a += 10) {
     std::snprintf(buf, sizeof buf, "<line x1=\"%.1f\" x2=\"%.1f\" y1=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/><text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%d%%</text>\n",
                   L, W - R, py(a), py(a), L - 6, py(a) + 4, a);
     out += buf;
@@ -71,9 +77,21 @@ inline void write_svg(const std::string& path, const std::vector<study_cell>& ce
     std::snprintf(buf, sizeof buf, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%s</text>\n", px(i), H - Bm + 20, xs[i].first.c_str());
     out += buf;
   }
+  // One colour per strategy (the row name before " ("), one dash pattern per quantizer family, so
+  // "QAT-4", "QAT-4 (lsq)" and "QAT-4 (pact)" read as one strategy with three quantizers.
+  std::vector<std::string> bases;
+  for (const auto& row : rows) {
+    const std::string base = row.name.substr(0, row.name.find(" ("));
+    if (std::find(bases.begin(), bases.end(), base) == bases.end()) bases.push_back(base);
+  }
   for (std::size_t r = 0; r < rows.size(); ++r) {
     std::string pts;
-    const char* col = colors[r % 10];
+    const std::string base = rows[r].name.substr(0, rows[r].name.find(" ("));
+    const auto b = static_cast<std::size_t>(std::find(bases.begin(), bases.end(), base) - bases.begin());
+    const char* col = colors[b % 10];
+    const bool lsq = rows[r].wq == ghnq::exec::weight_quantizer::lsq || rows[r].aq == ghnq::exec::act_quantizer::lsq;
+    const bool pact = rows[r].aq == ghnq::exec::act_quantizer::pact;
+    const std::string dash = pact ? " stroke-dasharray=\"2,3\"" : lsq ? " stroke-dasharray=\"7,4\"" : "";
     for (std::size_t i = 0; i < xs.size(); ++i)
       for (const auto& c : cells)
         if (c.row == rows[r].name && c.column == xs[i].first && c.bn == bn && c.s.n > 0) {
@@ -83,9 +101,12 @@ inline void write_svg(const std::string& path, const std::vector<study_cell>& ce
           out += buf;
         }
     if (!pts.empty()) {
-      out += "<polyline fill=\"none\" stroke=\"" + std::string(col) + "\" stroke-width=\"2\" points=\"" + pts + "\"/>\n";
-      std::snprintf(buf, sizeof buf, "<text x=\"%.1f\" y=\"%.1f\" fill=\"%s\">%s</text>\n", W - R + 10, T + 16.0 * static_cast<double>(r + 1), col,
-                    svg_escape(rows[r].name).c_str());
+      out += "<polyline fill=\"none\" stroke=\"" + std::string(col) + "\" stroke-width=\"2\"" + dash + " points=\"" + pts + "\"/>\n";
+      const double ly = T + 16.0 * static_cast<double>(r + 1);
+      std::snprintf(buf, sizeof buf, "<line x1=\"%.1f\" x2=\"%.1f\" y1=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" stroke-width=\"2\"%s/>\n", W - R + 8, W - R + 32,
+                    ly - 4, ly - 4, col, dash.c_str());
+      out += buf;
+      std::snprintf(buf, sizeof buf, "<text x=\"%.1f\" y=\"%.1f\" fill=\"%s\">%s</text>\n", W - R + 38, ly, col, svg_escape(rows[r].name).c_str());
       out += buf;
     }
   }
