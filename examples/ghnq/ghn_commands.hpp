@@ -50,12 +50,12 @@ inline dataset_pair load_data(const std::string& name, const std::string& dir, b
 }
 
 /// Evaluation architecture groups from a comma list: test, val, deep, dense, wide, bn-free, families.
-inline std::vector<ghnq::ghn::eval_architecture> eval_set(const std::string& groups, int n, std::uint64_t seed,
-                                                          const ghnq::data::dataset& ds) {
+inline std::vector<ghnq::ghn::eval_architecture> eval_set(const std::string& groups, int n, std::uint64_t seed, int c,
+                                                          int h, int w) {
   std::vector<ghnq::ghn::eval_architecture> out;
   std::stringstream ss(groups);
   std::string g;
-  const int c = ds.channels(), h = ds.height(), w = ds.width(), k = config::kClasses;
+  const int k = config::kClasses;
   while (std::getline(ss, g, ',')) {
     std::vector<ghnq::ghn::eval_architecture> part;
     using V = ghnq::arch::variant;
@@ -72,6 +72,12 @@ inline std::vector<ghnq::ghn::eval_architecture> eval_set(const std::string& gro
     out.insert(out.end(), part.begin(), part.end());
   }
   return out;
+}
+
+/// eval_set for the input shape of dataset `ds`.
+inline std::vector<ghnq::ghn::eval_architecture> eval_set(const std::string& groups, int n, std::uint64_t seed,
+                                                          const ghnq::data::dataset& ds) {
+  return eval_set(groups, n, seed, ds.channels(), ds.height(), ds.width());
 }
 
 inline void print_table(std::FILE* out, const std::string& title, const std::vector<ghnq::ghn::arch_eval>& rows) {
@@ -398,6 +404,89 @@ inline int ghn_info(int argc, char** argv) {
     out["name"] = name;
   }
   std::cout << out.dump(2) << "\n";
+  return 0;
+}
+
+const char* kStatsUsage =
+    "usage: ghnq ghn stats (--checkpoint FILE | --untrained) [--groups test,deep,wide,bn-free,dense,families]\n"
+    "                      [--archs N] [--input CxHxW] [--csv FILE]\n"
+    "Statistics of the predicted parameters of unseen architectures (the eval-ghn sets; input 1x28x28 unless\n"
+    "--input): for every conv / linear weight its gain std(W) / sqrt(2 / fan_in), 1 being He initialization,\n"
+    "summarized per architecture (geometric mean, min, max over its weights) and per group. Weights of ops\n"
+    "absent from the graph (predicted as zeros, skipped by the executor) are left out. Without BatchNorm, a\n"
+    "network scales its signal by roughly the gain at every layer; with it, the gain cancels.\n";
+
+/// Gain of one predicted weight tensor relative to He initialization (0 for an all-constant tensor).
+inline double he_gain(const ghnq::tensor<float>& t) {
+  const std::int64_t n = t.numel();
+  if (n == 0 || t.shape().empty() || t.shape()[0] == 0) return 0.0;
+  double m = 0, q = 0;
+  for (std::int64_t i = 0; i < n; ++i) m += t.data()[i];
+  m /= static_cast<double>(n);
+  for (std::int64_t i = 0; i < n; ++i) q += (t.data()[i] - m) * (t.data()[i] - m);
+  const double sd = std::sqrt(q / static_cast<double>(n));
+  const double fan_in = static_cast<double>(n / t.shape()[0]);
+  return sd * std::sqrt(fan_in / 2.0);
+}
+
+inline int ghn_stats(int argc, char** argv) {
+  const args a(argc, argv, {"--untrained"}, kStatsUsage);
+  a.allow({"--checkpoint", "--untrained", "--groups", "--archs", "--input", "--csv", "--seed"});
+  if (a.has("--checkpoint") == a.has("--untrained"))
+    throw ghnq::value_error(std::string("give exactly one of --checkpoint FILE and --untrained\n") + kStatsUsage);
+  input_spec in{1, 28, 28, false};
+  if (a.has("--input")) in = parse_input(a.str("--input"));
+  ghnq::rng g(static_cast<std::uint64_t>(a.integer("--seed", 1111)));
+  ghn_t ghn(g);
+  std::string title = "untrained GHN (seed " + a.str("--seed", "1111") + ")";
+  if (a.has("--checkpoint")) {
+    const auto info = ghnq::ghn::load_checkpoint(a.str("--checkpoint"), ghn);
+    title = "GHN " + a.str("--checkpoint") + (info.resumable ? " (step " + std::to_string(info.step) + ")" : "");
+  }
+  const long long n = a.integer("--archs", 20);
+  if (n < 1) throw ghnq::value_error("--archs must be >= 1");
+  const auto archs = eval_set(a.str("--groups", "test"), static_cast<int>(n), 0, in.c, in.h, in.w);
+  std::printf("%s: gain std(W) / sqrt(2 / fan_in) of the predicted conv and linear weights\n", title.c_str());
+  std::printf("  %-16s %-4s %7s %9s %7s %7s\n", "architecture", "BN", "weights", "geo-mean", "min", "max");
+  std::string csv = "name,group,batch_norm,weights,gain_geomean,gain_min,gain_max\n";
+  std::map<std::string, std::vector<double>> by_group;  // geo-mean gains, BN-free / with BN separately
+  std::vector<std::string> order;
+  for (const auto& e : archs) {
+    ghnq::autograd::tape<float> tp;
+    ghnq::autograd::no_grad<ghnq::autograd::tape<float>> ng(tp);
+    const auto params = ghn.predict(tp, e.net);
+    const auto infos = ghnq::arch::parameters(e.net);
+    double logsum = 0, lo = 0, hi = 0;
+    int count = 0;
+    for (std::size_t i = 0; i < infos.size(); ++i) {
+      if (infos[i].role != ghnq::arch::param_role::weight || infos[i].shape.size() < 2) continue;
+      const double gain = he_gain(params[i].value());
+      if (!(gain > 0.0)) continue;  // an op pruned from the graph: not predicted, not run
+      logsum += std::log(gain);
+      lo = count == 0 ? gain : std::min(lo, gain);
+      hi = count == 0 ? gain : std::max(hi, gain);
+      ++count;
+    }
+    const bool bn = std::any_of(e.net.ops.begin(), e.net.ops.end(),
+                                [](const ghnq::arch::op& o) { return o.type == ghnq::arch::op_type::batch_norm; });
+    const double geo = count > 0 ? std::exp(logsum / count) : 0.0;
+    std::printf("  %-16s %-4s %7d %9.3f %7.3f %7.3f\n", e.name.c_str(), bn ? "yes" : "no", count, geo, lo, hi);
+    char line[256];
+    std::snprintf(line, sizeof line, "%s,%s,%d,%d,%.6f,%.6f,%.6f\n", e.name.c_str(), e.group.c_str(), bn ? 1 : 0, count,
+                  geo, lo, hi);
+    csv += line;
+    const std::string key = e.group + (bn ? " (BN)" : " (no BN)");
+    if (!by_group.count(key)) order.push_back(key);
+    by_group[key].push_back(geo);
+  }
+  std::printf("  %-22s %5s %9s\n", "group", "n", "mean gain");
+  for (const auto& k : order) {
+    const auto& v = by_group[k];
+    double m = 0;
+    for (double x : v) m += x;
+    std::printf("  %-22s %5zu %9.3f\n", k.c_str(), v.size(), m / static_cast<double>(v.size()));
+  }
+  if (a.has("--csv")) ghnq::io::write_file_atomic(a.str("--csv"), csv);
   return 0;
 }
 

@@ -1,6 +1,6 @@
 # End-to-end check of the GHN commands on a tiny budget (Fashion-MNIST):
 #   ghn info -> train-ghn (2 steps, checkpoint, log) -> train-ghn --resume to 3 steps -> eval-ghn
-#   -> predict -> ghn info --checkpoint -> finetune -> experiment mixed -> export-int -> eval-int
+#   -> ghn stats -> predict -> ghn info --checkpoint -> finetune -> experiment mixed -> export-int -> eval-int
 #   -> experiment qat (+ --resume), and clear errors for a corrupted checkpoint.
 set(dir ${WORK}/ghn_workflow)
 file(REMOVE_RECURSE ${dir})
@@ -86,6 +86,38 @@ list(LENGTH arch_lines na)
 list(LENGTH group_lines ng)
 if(NOT na EQUAL 6 OR NOT ng EQUAL 2)  # every architecture as it finishes, then one line per group
   message(FATAL_ERROR "eval-ghn --log: ${na} architecture lines (expected 6), ${ng} group lines (expected 2)")
+endif()
+
+# ghn stats: one CSV row per architecture, geometric-mean gain inside [min, max], BN-free nets flagged
+run(ghn stats --checkpoint ${dir}/ghn.safetensors --groups test,bn-free --archs 2 --csv ${dir}/stats.csv)
+if(NOT out MATCHES "bn_free \\(no BN\\)")
+  message(FATAL_ERROR "ghn stats: no bn_free group line:\n${out}")
+endif()
+file(STRINGS ${dir}/stats.csv stat_lines)
+list(LENGTH stat_lines ns)
+if(NOT ns EQUAL 5)
+  message(FATAL_ERROR "ghn stats --csv: ${ns} lines, expected a header and 4 architectures")
+endif()
+list(REMOVE_AT stat_lines 0)
+foreach(line IN LISTS stat_lines)
+  string(REPLACE "," ";" f "${line}")
+  list(GET f 1 group)
+  list(GET f 2 has_bn)
+  list(GET f 3 nw)
+  list(GET f 4 geo)
+  list(GET f 5 lo)
+  list(GET f 6 hi)
+  if(NOT nw GREATER 0 OR NOT lo GREATER 0 OR geo LESS lo OR geo GREATER hi)
+    message(FATAL_ERROR "ghn stats: inconsistent row ${line}")
+  endif()
+  if(group STREQUAL "bn_free" AND NOT has_bn EQUAL 0)
+    message(FATAL_ERROR "ghn stats: a bn-free architecture with BatchNorm: ${line}")
+  endif()
+endforeach()
+execute_process(COMMAND ${GHNQ} ghn stats --untrained --checkpoint ${dir}/ghn.safetensors RESULT_VARIABLE rc
+                OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(rc EQUAL 0 OR NOT err MATCHES "exactly one of --checkpoint FILE and --untrained")
+  message(FATAL_ERROR "ghn stats with both --untrained and --checkpoint must fail (rc ${rc}): ${err}")
 endif()
 
 if(EXISTS ${BENCH})

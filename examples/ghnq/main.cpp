@@ -21,6 +21,7 @@ namespace {
 const char* kUsage =
     "usage: ghnq arch inspect FILE [--index i] [--input CxHxW] [--classes K] [--s-max S] [--dot OUT.dot]\n"
     "       ghnq ghn info [--config ghn2-cifar10 | --checkpoint FILE]\n"
+    "       ghnq ghn stats (--checkpoint FILE | --untrained) [--groups G] [--archs N]  (predicted-weight gains)\n"
     "       ghnq train-ghn --out DIR [options]      (ghnq train-ghn --help)\n"
     "       ghnq eval-ghn (--checkpoint FILE | --untrained) [options]\n"
     "       ghnq predict --checkpoint FILE --arch FILE --out PARAMS.safetensors\n"
@@ -141,6 +142,7 @@ int main(int argc, char** argv) try {
   const std::string a = argc > 1 ? argv[1] : "", b = argc > 2 ? argv[2] : "";
   if (a == "arch" && b == "inspect") return arch_inspect(argc - 3, argv + 3);
   if (a == "ghn" && b == "info") return cli::ghn_info(argc - 3, argv + 3);
+  if (a == "ghn" && b == "stats") return cli::ghn_stats(argc - 3, argv + 3);
   if (a == "train-ghn") return cli::train_ghn(argc - 2, argv + 2);
   if (a == "eval-ghn") return cli::eval_ghn(argc - 2, argv + 2);
   if (a == "predict") return cli::predict(argc - 2, argv + 2);
