@@ -2,13 +2,11 @@
 // ready-made families, JSON schema and the canonical hash.
 #include <catch2/catch.hpp>
 
-#include <atomic>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <set>
 #include <string>
-#include <unistd.h>
 #include <vector>
 
 #include "ghnq/arch/builder.hpp"
@@ -17,6 +15,7 @@
 #include "ghnq/arch/json.hpp"
 #include "ghnq/arch/params.hpp"
 #include "ghnq/arch/shape_inference.hpp"
+#include "support/temp_dir.hpp"
 
 using namespace ghnq;
 using namespace ghnq::arch;
@@ -74,20 +73,7 @@ std::int64_t resnet20_formula(std::int64_t in_c, std::int64_t w, std::int64_t cl
 }
 
 /// A fresh directory under the system temp dir, removed with its contents at scope exit.
-struct temp_dir {
-  fs::path path;
-  temp_dir() {
-    static std::atomic<int> counter{0};
-    path = fs::temp_directory_path() / ("ghnq_test_arch_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~temp_dir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& f) const { return (path / f).string(); }
-};
+using ghnq::test::temp_dir;
 
 void write_file(const std::string& path, const std::string& text) {
   std::ofstream f(path, std::ios::binary);

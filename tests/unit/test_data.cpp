@@ -6,7 +6,6 @@
 #include <zlib.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -26,6 +25,7 @@
 #include "ghnq/data/idx.hpp"
 #include "ghnq/data/loader.hpp"
 #include "ghnq/data/transforms.hpp"
+#include "support/temp_dir.hpp"
 
 using namespace ghnq;
 using namespace ghnq::data;
@@ -36,21 +36,7 @@ namespace {
 using bytes = std::vector<unsigned char>;
 
 /// A fresh directory under the system temp dir, removed with its contents at scope exit.
-struct temp_dir {
-  fs::path path;
-  temp_dir() {
-    static std::atomic<int> counter{0};
-    path = fs::temp_directory_path() /
-           ("ghnq_test_data_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~temp_dir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& f) const { return (path / f).string(); }
-};
+using ghnq::test::temp_dir;
 
 void put_be32(bytes& b, std::uint32_t v) {
   b.push_back(static_cast<unsigned char>(v >> 24));

@@ -7,6 +7,7 @@
 #include <set>
 
 #include "ghnq/ghn/checkpoint.hpp"
+#include "support/temp_dir.hpp"
 
 using namespace ghnq;
 
@@ -43,15 +44,7 @@ std::vector<std::vector<float>> values(const hypernet<C>& h) {
   return out;
 }
 
-struct temp_dir {
-  std::filesystem::path p;
-  temp_dir() : p(std::filesystem::temp_directory_path() / "ghnq_test_checkpoint") {
-    std::filesystem::remove_all(p);
-    std::filesystem::create_directories(p);
-  }
-  ~temp_dir() { std::filesystem::remove_all(p); }
-  std::string file(const char* n) const { return (p / n).string(); }
-};
+using ghnq::test::temp_dir;
 
 }  // namespace
 

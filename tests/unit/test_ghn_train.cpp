@@ -11,6 +11,7 @@
 #include "ghnq/ghn/checkpoint.hpp"
 #include "ghnq/ghn/evaluate.hpp"
 #include "ghnq/ghn/trainer.hpp"
+#include "support/temp_dir.hpp"
 
 using namespace ghnq;
 
@@ -399,8 +400,8 @@ TEST_CASE("ghn evaluation: summaries and CSV", "[ghn][eval]") {
   CHECK(all.mean == Approx(27.5));
   CHECK(ghn::groups_of(rows) == std::vector<std::string>{"test", "deep"});
 
-  const auto dir = std::filesystem::temp_directory_path() / "ghnq_test_eval_csv";
-  std::filesystem::create_directories(dir);
+  const test::temp_dir tmp("ghnq_test_eval_csv");
+  const auto& dir = tmp.path;
   const auto path = (dir / "rows.csv").string();
   ghn::write_csv(path, rows);
   std::ifstream f(path);
@@ -409,7 +410,6 @@ TEST_CASE("ghn evaluation: summaries and CSV", "[ghn][eval]") {
   CHECK(ss.str().rfind("name,group,num_params,top1,loss,predict_ms,finite\na0,test,0,10.0000,", 0) == 0);
   CHECK(!std::filesystem::exists(path + ".tmp"));
   CHECK_THROWS_AS(ghn::write_csv((dir / "missing" / "rows.csv").string(), rows), io_error);
-  std::filesystem::remove_all(dir);
 }
 
 TEST_CASE("quantization-aware GHN: starts as its float twin, predicts factors, trains with QAT", "[ghn][train][quant]") {

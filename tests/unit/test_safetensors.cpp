@@ -3,11 +3,9 @@
 // and the atomic save.
 #include <signal.h>
 #include <sys/resource.h>
-#include <unistd.h>
 
 #include <catch2/catch.hpp>
 
-#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -22,6 +20,7 @@
 
 #include "ghnq/io/atomic_file.hpp"
 #include "ghnq/io/safetensors.hpp"
+#include "support/temp_dir.hpp"
 
 using namespace ghnq;
 using namespace ghnq::io;
@@ -31,21 +30,7 @@ using bytes_t = std::vector<std::uint8_t>;
 namespace {
 
 /// A fresh directory under the system temp dir, removed with its contents at scope exit.
-struct temp_dir {
-  fs::path path;
-  temp_dir() {
-    static std::atomic<int> counter{0};
-    path = fs::temp_directory_path() /
-           ("ghnq_st_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~temp_dir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
+using ghnq::test::temp_dir;
 
 bytes_t read_bytes(const std::string& p) {
   std::ifstream in(p, std::ios::binary);
