@@ -330,10 +330,13 @@ inline int experiment_qat(int argc, char** argv) {
     } catch (const nlohmann::json::exception& e) {
       throw ghnq::io_error(study_path, std::string("not valid JSON: ") + e.what());
     }
-    for (auto it = study.begin(); it != study.end(); ++it)
+    for (auto it = study.begin(); it != study.end(); ++it) {
+      // The scratch options concern the scratch row only: a resume without it does not depend on them.
+      if (!has_scratch && it.key().rfind("scratch_", 0) == 0) continue;
       if (!prev.contains(it.key()) || prev.at(it.key()) != it.value())
         throw ghnq::value_error("--resume: option '" + it.key() + "' is " + it.value().dump() + ", the study in " + dir +
                                 " used " + (prev.contains(it.key()) ? prev.at(it.key()).dump() : std::string("nothing")));
+    }
     std::ifstream rf(dir + "/results.jsonl");
     std::vector<std::string> lines;
     for (std::string line; std::getline(rf, line);) lines.push_back(line);

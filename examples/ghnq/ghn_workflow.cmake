@@ -208,6 +208,24 @@ execute_process(COMMAND ${GHNQ} experiment qat --out ${dir}/study --fp-init ${di
 if(rc EQUAL 0 OR NOT err MATCHES "option 'test_limit' is 32")
   message(FATAL_ERROR "--resume with a changed option must fail naming it (rc ${rc}): ${err}")
 endif()
+# Resuming without the scratch row ignores the scratch options (they concern that row only) and
+# reads the other rows' cells back; with the row, a changed scratch option is still an error.
+run(experiment qat --out ${dir}/study --fp-init ${dir}/ghn.safetensors --rows fp-lsq,qat4 --columns FP32,W4A4 --bn batch
+    --ft-steps 2 --meta-batch 2 --batch 16 --eval-archs 2 --test-limit 64 --fixed-width --threads 2 --resume)
+if(NOT out MATCHES "resuming: 8 finished cells read back" OR out MATCHES "== scratch")
+  message(FATAL_ERROR "experiment qat --resume without the scratch row:\n${out}")
+endif()
+file(STRINGS ${dir}/study/results.csv lines)
+list(LENGTH lines n)
+if(NOT n EQUAL 7)  # header + (random init, FP (lsq), QAT-4) x (FP32, W4A4)
+  message(FATAL_ERROR "study without the scratch row: results.csv has ${n} lines, expected 7")
+endif()
+execute_process(COMMAND ${GHNQ} experiment qat --out ${dir}/study --fp-init ${dir}/ghn.safetensors --rows fp-lsq,qat4,scratch
+                --columns FP32,W4A4 --bn batch --ft-steps 2 --meta-batch 2 --batch 16 --eval-archs 2
+                --test-limit 64 --fixed-width --scratch-archs 1 --scratch-steps 4 --resume RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(rc EQUAL 0 OR NOT err MATCHES "option 'scratch_steps' is 4")
+  message(FATAL_ERROR "--resume with a changed scratch option must fail naming it (rc ${rc}): ${err}")
+endif()
 
 # A truncated checkpoint is a clear error naming the file.
 file(WRITE ${dir}/bad.safetensors "garbage")
