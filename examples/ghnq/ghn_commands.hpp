@@ -409,12 +409,13 @@ inline int ghn_info(int argc, char** argv) {
 
 const char* kStatsUsage =
     "usage: ghnq ghn stats (--checkpoint FILE | --untrained) [--groups test,deep,wide,bn-free,dense,families]\n"
-    "                      [--archs N] [--input CxHxW] [--csv FILE]\n"
+    "                      [--archs N] [--input CxHxW] [--csv FILE] [--seed S (untrained)]\n"
     "Statistics of the predicted parameters of unseen architectures (the eval-ghn sets; input 1x28x28 unless\n"
     "--input): for every conv / linear weight its gain std(W) / sqrt(2 / fan_in), 1 being He initialization,\n"
-    "summarized per architecture (geometric mean, min, max over its weights) and per group. Weights of ops\n"
-    "absent from the graph (predicted as zeros, skipped by the executor) are left out. Without BatchNorm, a\n"
-    "network scales its signal by roughly the gain at every layer; with it, the gain cancels.\n";
+    "summarized per architecture (geometric mean, min, max over its weights) and per group. All-constant\n"
+    "tensors are left out: they are the zeros given to ops absent from the graph, which the executor skips.\n"
+    "Without BatchNorm, a network scales its signal by roughly the gain at every layer; with it, the gain\n"
+    "cancels.\n";
 
 /// Gain of one predicted weight tensor relative to He initialization (0 for an all-constant tensor).
 inline double he_gain(const ghnq::tensor<float>& t) {
@@ -461,7 +462,7 @@ inline int ghn_stats(int argc, char** argv) {
     for (std::size_t i = 0; i < infos.size(); ++i) {
       if (infos[i].role != ghnq::arch::param_role::weight || infos[i].shape.size() < 2) continue;
       const double gain = he_gain(params[i].value());
-      if (!(gain > 0.0)) continue;  // an op pruned from the graph: not predicted, not run
+      if (!(gain > 0.0)) continue;  // all-constant: the zeros of an op pruned from the graph (not run)
       logsum += std::log(gain);
       lo = count == 0 ? gain : std::min(lo, gain);
       hi = count == 0 ? gain : std::max(hi, gain);
