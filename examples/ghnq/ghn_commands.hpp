@@ -292,27 +292,40 @@ const char* kEvalUsage =
     "--bn fold: running statistics from K training batches, BN folded into the conv before its weights are\n"
     "quantized; --calib quant takes those statistics through the quantized network instead of in float.\n";
 
+/// The GHN an evaluating command works on: --checkpoint FILE, or --untrained (drawn from --seed,
+/// default 1111), exactly one of them; `title` names it in reports.
+struct chosen_ghn {
+  std::unique_ptr<ghn_t> ghn;
+  std::string title;
+};
+
+inline chosen_ghn ghn_from_args(const args& a, const char* usage) {
+  if (a.has("--checkpoint") == a.has("--untrained"))
+    throw ghnq::value_error(std::string("give exactly one of --checkpoint FILE and --untrained\n") + usage);
+  ghnq::rng g(static_cast<std::uint64_t>(a.integer("--seed", 1111)));
+  chosen_ghn c{std::make_unique<ghn_t>(g), "untrained GHN (seed " + a.str("--seed", "1111") + ")"};
+  if (a.has("--checkpoint")) {
+    const auto info = ghnq::ghn::load_checkpoint(a.str("--checkpoint"), *c.ghn);
+    c.title = "GHN " + a.str("--checkpoint") + (info.resumable ? " (step " + std::to_string(info.step) + ")" : "");
+  }
+  return c;
+}
+
 inline int eval_ghn(int argc, char** argv) {
   const args a(argc, argv, {"--untrained"}, kEvalUsage);
   a.allow({"--checkpoint", "--untrained", "--archs", "--groups", "--dataset", "--data", "--test-limit", "--seed",
            "--csv", "--log", "--threads", "--quant", "--wq", "--aq", "--first-last-bits", "--bn", "--calib-batches",
            "--calib"});
   const auto limit = threads_from(a);
-  if (a.has("--checkpoint") == a.has("--untrained"))
-    throw ghnq::value_error(std::string("give exactly one of --checkpoint FILE and --untrained\n") + kEvalUsage);
   const std::string bn = a.str("--bn", "batch");
   if (bn != "batch" && bn != "fold") throw ghnq::value_error("--bn: batch or fold, got '" + bn + "'");
   const std::string calib = a.str("--calib", "float");
   if (calib != "float" && calib != "quant") throw ghnq::value_error("--calib: float or quant, got '" + calib + "'");
   if (a.has("--calib") && bn != "fold") throw ghnq::value_error("--calib applies to --bn fold only");
+  const auto chosen = ghn_from_args(a, kEvalUsage);
+  ghn_t& ghn = *chosen.ghn;
+  const std::string& title = chosen.title;
   const auto data = load_data(a.str("--dataset", "fashion-mnist"), a.str("--data"), bn == "fold");
-  ghnq::rng g(static_cast<std::uint64_t>(a.integer("--seed", 1111)));
-  ghn_t ghn(g);
-  std::string title = "untrained GHN (seed " + a.str("--seed", "1111") + ")";
-  if (a.has("--checkpoint")) {
-    const auto info = ghnq::ghn::load_checkpoint(a.str("--checkpoint"), ghn);
-    title = "GHN " + a.str("--checkpoint") + (info.resumable ? " (step " + std::to_string(info.step) + ")" : "");
-  }
   const auto archs = eval_set(a.str("--groups", "test"), static_cast<int>(a.integer("--archs", 100)), 0, data.test);
   ghnq::exec::quant_config base;
   base.first_last_bits = static_cast<int>(a.integer("--first-last-bits", 8));
@@ -433,21 +446,14 @@ inline double he_gain(const ghnq::tensor<float>& t) {
 inline int ghn_stats(int argc, char** argv) {
   const args a(argc, argv, {"--untrained"}, kStatsUsage);
   a.allow({"--checkpoint", "--untrained", "--groups", "--archs", "--input", "--csv", "--seed"});
-  if (a.has("--checkpoint") == a.has("--untrained"))
-    throw ghnq::value_error(std::string("give exactly one of --checkpoint FILE and --untrained\n") + kStatsUsage);
   input_spec in{1, 28, 28, false};
   if (a.has("--input")) in = parse_input(a.str("--input"));
-  ghnq::rng g(static_cast<std::uint64_t>(a.integer("--seed", 1111)));
-  ghn_t ghn(g);
-  std::string title = "untrained GHN (seed " + a.str("--seed", "1111") + ")";
-  if (a.has("--checkpoint")) {
-    const auto info = ghnq::ghn::load_checkpoint(a.str("--checkpoint"), ghn);
-    title = "GHN " + a.str("--checkpoint") + (info.resumable ? " (step " + std::to_string(info.step) + ")" : "");
-  }
+  const auto chosen = ghn_from_args(a, kStatsUsage);
+  ghn_t& ghn = *chosen.ghn;
   const long long n = a.integer("--archs", 20);
   if (n < 1) throw ghnq::value_error("--archs must be >= 1");
   const auto archs = eval_set(a.str("--groups", "test"), static_cast<int>(n), 0, in.c, in.h, in.w);
-  std::printf("%s: gain std(W) / sqrt(2 / fan_in) of the predicted conv and linear weights\n", title.c_str());
+  std::printf("%s: gain std(W) / sqrt(2 / fan_in) of the predicted conv and linear weights\n", chosen.title.c_str());
   std::printf("  %-16s %-4s %7s %9s %7s %7s\n", "architecture", "BN", "weights", "geo-mean", "min", "max");
   std::string csv = "name,group,batch_norm,weights,gain_geomean,gain_min,gain_max\n";
   std::map<std::string, std::vector<double>> by_group;  // geo-mean gains, BN-free / with BN separately

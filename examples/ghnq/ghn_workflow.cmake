@@ -16,6 +16,14 @@ function(run)
   endif()
   set(out "${out}" PARENT_SCOPE)
 endfunction()
+# run_fails(REGEX args...): ghnq args... must exit non-zero with REGEX in its error output.
+function(run_fails regex)
+  execute_process(COMMAND ${GHNQ} ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(rc EQUAL 0 OR NOT err MATCHES "${regex}")
+    list(JOIN ARGN " " cmd)
+    message(FATAL_ERROR "ghnq ${cmd} must fail with '${regex}' (rc ${rc}):\n${err}")
+  endif()
+endfunction()
 
 run(ghn info)
 string(JSON n GET "${out}" num_params)
@@ -42,11 +50,7 @@ if(NOT step EQUAL 3)
 endif()
 
 # A training option given with --resume would be ignored: it is an error naming the option.
-execute_process(COMMAND ${GHNQ} train-ghn --out ${dir} --resume --steps 10 RESULT_VARIABLE rc OUTPUT_VARIABLE out
-                ERROR_VARIABLE err)
-if(rc EQUAL 0 OR NOT err MATCHES "--steps cannot be combined with --resume")
-  message(FATAL_ERROR "train-ghn --resume --steps must fail naming the option (rc ${rc}): ${err}")
-endif()
+run_fails("--steps cannot be combined with --resume" train-ghn --out ${dir} --resume --steps 10)
 
 # While another process holds the directory (here flock(1) holds its lock), a resume fails at once.
 find_program(FLOCK flock)
@@ -75,11 +79,7 @@ run(eval-ghn --checkpoint ${dir}/ghn.safetensors --archs 2 --test-limit 64 --qua
 if(NOT out MATCHES "W4A4, BN fold \\(quantized calibration\\)")
   message(FATAL_ERROR "eval-ghn --calib quant:\n${out}")
 endif()
-execute_process(COMMAND ${GHNQ} eval-ghn --checkpoint ${dir}/ghn.safetensors --calib quant RESULT_VARIABLE rc
-                OUTPUT_VARIABLE out ERROR_VARIABLE err)
-if(rc EQUAL 0 OR NOT err MATCHES "--calib applies to --bn fold only")
-  message(FATAL_ERROR "--calib without --bn fold must fail (rc ${rc}): ${err}")
-endif()
+run_fails("--calib applies to --bn fold only" eval-ghn --checkpoint ${dir}/ghn.safetensors --calib quant)
 file(STRINGS ${dir}/e.jsonl arch_lines REGEX "\"event\":\"arch\".*\"top1\":")
 file(STRINGS ${dir}/e.jsonl group_lines REGEX "\"event\":\"final_eval\"")
 list(LENGTH arch_lines na)
@@ -114,11 +114,7 @@ foreach(line IN LISTS stat_lines)
     message(FATAL_ERROR "ghn stats: a bn-free architecture with BatchNorm: ${line}")
   endif()
 endforeach()
-execute_process(COMMAND ${GHNQ} ghn stats --untrained --checkpoint ${dir}/ghn.safetensors RESULT_VARIABLE rc
-                OUTPUT_VARIABLE out ERROR_VARIABLE err)
-if(rc EQUAL 0 OR NOT err MATCHES "exactly one of --checkpoint FILE and --untrained")
-  message(FATAL_ERROR "ghn stats with both --untrained and --checkpoint must fail (rc ${rc}): ${err}")
-endif()
+run_fails("exactly one of --checkpoint FILE and --untrained" ghn stats --untrained --checkpoint ${dir}/ghn.safetensors)
 
 if(EXISTS ${BENCH})
   run(predict --checkpoint ${dir}/ghn.safetensors --arch ${BENCH} --index 3 --input 1x28x28 --out ${dir}/p.safetensors)
@@ -154,9 +150,9 @@ endif()
 # The study: a tiny QAT-4 row fine-tuned from this GHN; a second start in the same directory is an error,
 # --resume reads finished cells back, recomputes the missing ones from the row's checkpoint (no new
 # training step) and gives the same table; a changed option is an error naming it.
-set(study experiment qat --out ${dir}/study --fp-init ${dir}/ghn.safetensors --rows fp-lsq,qat4,scratch --columns FP32,W4A4
-    --bn batch --ft-steps 2 --meta-batch 2 --batch 16 --eval-archs 2 --test-limit 64 --fixed-width --threads 2
-    --scratch-archs 1 --scratch-steps 3)
+set(study_common experiment qat --out ${dir}/study --fp-init ${dir}/ghn.safetensors --columns FP32,W4A4 --bn batch
+    --ft-steps 2 --meta-batch 2 --batch 16 --eval-archs 2 --fixed-width --threads 2)
+set(study ${study_common} --rows fp-lsq,qat4,scratch --test-limit 64 --scratch-archs 1 --scratch-steps 3)
 run(${study})
 file(READ ${dir}/study/results.csv first)
 file(STRINGS ${dir}/study/results.csv lines)
@@ -172,10 +168,7 @@ if(NOT md MATCHES "\\| GHN \\| FP32 \\| W4A4 \\|" OR NOT md MATCHES "\\| QAT-4 \
    OR NOT md MATCHES "\\| scratch \\| [^\n]*\\[n=1\\]")
   message(FATAL_ERROR "study results.md:\n${md}")
 endif()
-execute_process(COMMAND ${GHNQ} ${study} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
-if(rc EQUAL 0 OR NOT err MATCHES "already holds a study")
-  message(FATAL_ERROR "a second study in the same directory must fail (rc ${rc}): ${err}")
-endif()
+run_fails("already holds a study" ${study})
 file(STRINGS ${dir}/study/results.jsonl cells)
 list(GET cells 0 cell0)
 if(NOT cell0 MATCHES "\"seconds\":[0-9]")
@@ -202,16 +195,11 @@ list(LENGTH lines n)
 if(NOT n EQUAL 2)
   message(FATAL_ERROR "resuming a finished row trained again: ${n} step lines, expected 2")
 endif()
-execute_process(COMMAND ${GHNQ} experiment qat --out ${dir}/study --fp-init ${dir}/ghn.safetensors --rows fp-lsq,qat4,scratch
-                --columns FP32,W4A4 --bn batch --ft-steps 2 --meta-batch 2 --batch 16 --eval-archs 2
-                --test-limit 32 --fixed-width --scratch-archs 1 --scratch-steps 3 --resume RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
-if(rc EQUAL 0 OR NOT err MATCHES "option 'test_limit' is 32")
-  message(FATAL_ERROR "--resume with a changed option must fail naming it (rc ${rc}): ${err}")
-endif()
+run_fails("option 'test_limit' is 32"
+          ${study_common} --rows fp-lsq,qat4,scratch --test-limit 32 --scratch-archs 1 --scratch-steps 3 --resume)
 # Resuming without the scratch row ignores the scratch options (they concern that row only) and
 # reads the other rows' cells back; with the row, a changed scratch option is still an error.
-run(experiment qat --out ${dir}/study --fp-init ${dir}/ghn.safetensors --rows fp-lsq,qat4 --columns FP32,W4A4 --bn batch
-    --ft-steps 2 --meta-batch 2 --batch 16 --eval-archs 2 --test-limit 64 --fixed-width --threads 2 --resume)
+run(${study_common} --rows fp-lsq,qat4 --test-limit 64 --resume)
 if(NOT out MATCHES "resuming: 8 finished cells read back" OR out MATCHES "== scratch")
   message(FATAL_ERROR "experiment qat --resume without the scratch row:\n${out}")
 endif()
@@ -220,18 +208,10 @@ list(LENGTH lines n)
 if(NOT n EQUAL 7)  # header + (random init, FP (lsq), QAT-4) x (FP32, W4A4)
   message(FATAL_ERROR "study without the scratch row: results.csv has ${n} lines, expected 7")
 endif()
-execute_process(COMMAND ${GHNQ} experiment qat --out ${dir}/study --fp-init ${dir}/ghn.safetensors --rows fp-lsq,qat4,scratch
-                --columns FP32,W4A4 --bn batch --ft-steps 2 --meta-batch 2 --batch 16 --eval-archs 2
-                --test-limit 64 --fixed-width --scratch-archs 1 --scratch-steps 4 --resume RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
-if(rc EQUAL 0 OR NOT err MATCHES "option 'scratch_steps' is 4")
-  message(FATAL_ERROR "--resume with a changed scratch option must fail naming it (rc ${rc}): ${err}")
-endif()
+run_fails("option 'scratch_steps' is 4"
+          ${study_common} --rows fp-lsq,qat4,scratch --test-limit 64 --scratch-archs 1 --scratch-steps 4 --resume)
 
 # A truncated checkpoint is a clear error naming the file.
 file(WRITE ${dir}/bad.safetensors "garbage")
-execute_process(COMMAND ${GHNQ} eval-ghn --checkpoint ${dir}/bad.safetensors RESULT_VARIABLE rc
-                OUTPUT_VARIABLE out ERROR_VARIABLE err)
-if(rc EQUAL 0 OR NOT err MATCHES "bad.safetensors")
-  message(FATAL_ERROR "a corrupted checkpoint must fail naming the file (rc ${rc}): ${err}")
-endif()
+run_fails("bad.safetensors" eval-ghn --checkpoint ${dir}/bad.safetensors)
 file(REMOVE_RECURSE ${dir})
