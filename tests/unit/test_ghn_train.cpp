@@ -586,11 +586,26 @@ TEST_CASE("ghn evaluation: a network whose forward pass is not finite is scored,
   params[1][0] = autograd::var<float>(w0);
   std::int64_t class0 = 0;
   for (std::int64_t i = 0; i < ds.size(); ++i) class0 += ds.labels[static_cast<std::size_t>(i)] == 0;
-  for (const char* q : {"FP32", "W8A8", "W4A4"}) {
-    INFO(q);
+  // The min-max observers, the LSQ steps (mean |w| of an infinite channel) and the noise steps all
+  // meet the infinite weight; each must be scored, not abort the evaluation.
+  std::vector<std::pair<std::string, exec::quant_config>> configs;
+  for (const char* q : {"FP32", "W8A8", "W4A4"}) configs.emplace_back(q, exec::parse_quant_name(q, {}));
+  {
+    exec::quant_config lsq;
+    lsq.wq = exec::weight_quantizer::lsq;
+    lsq.aq = exec::act_quantizer::lsq;
+    configs.emplace_back("W4A4 lsq", exec::parse_quant_name("W4A4", lsq));
+    exec::quant_config pact;
+    pact.aq = exec::act_quantizer::pact;
+    configs.emplace_back("W2A8 pact", exec::parse_quant_name("W2A8", pact));
+    lsq.noise = true;
+    configs.emplace_back("W4A4 lsq noise", exec::parse_quant_name("W4A4", lsq));
+  }
+  for (const auto& [label, qc] : configs) {
+    INFO(label);
     ghn::eval_options eo;
     eo.batch_size = 32;
-    eo.quant = exec::parse_quant_name(q, {});
+    eo.quant = qc;
     if (eo.quant.enabled()) {  // the quantized forward pass itself throws numeric_error
       data::loader ld(ds, {});
       data::batch b;

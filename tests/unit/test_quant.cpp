@@ -676,7 +676,19 @@ TEST_CASE("LSQ: roles, errors, step floor and thread-count independence", "[quan
   autograd::tape<float> tp;
   rng g(2);
   auto x = tvar<float>(test::random_tensor<float>({4, 10}, g));
-  CHECK_THROWS_AS(q::lsq_quant(tp, x, tvar<float>(tensor<float>::full({1}, NAN)), 8, 7, 1.0), value_error);
+  // a non-finite step (from non-finite activations or a diverged GHN's prediction) is a numeric_error
+  // naming the op and the value, which evaluation scores as a non-finite network
+  for (const float bad : {NAN, INFINITY, -INFINITY}) {
+    INFO(bad);
+    const auto sb = tvar<float>(tensor<float>::from(shape{2}, {0.1f, bad}));
+    const auto x2 = tvar<float>(test::random_tensor<float>({2, 10}, g));
+    CHECK_THROWS_AS(q::lsq_quant(tp, x, tvar<float>(tensor<float>::full({1}, bad)), 8, 7, 1.0), numeric_error);
+    CHECK_THROWS_WITH(q::lsq_quant(tp, x2, sb, 8, 7, 1.0), Catch::Contains("quant::lsq_quant: 's'[1]") &&
+                                                              Catch::Contains("is not finite"));
+    CHECK_THROWS_AS(q::pact_quant(tp, x, tvar<float>(tensor<float>::full({1}, bad)), 4), numeric_error);
+    rng ng(5);
+    CHECK_THROWS_AS(q::noise_quant(tp, x2, sb, ng), numeric_error);
+  }
   CHECK_THROWS_AS(q::lsq_quant(tp, x, tvar<float>(tensor<float>::full({3}, 0.1f)), 8, 7, 1.0), shape_error);
   CHECK_THROWS_AS(q::lsq_quant(tp, x, tvar<float>(tensor<float>::full({4, 1}, 0.1f)), 8, 7, 1.0), shape_error);
   CHECK_THROWS_AS(q::lsq_quant(tp, x, tvar<float>(tensor<float>::full({1}, 0.1f)), 8, 0, 1.0), value_error);

@@ -13,7 +13,8 @@
 ///    a constant or all-zero tensor never divides by zero.
 ///  - Granularity: one scale for the tensor, or one per index of axis 0 (the output channel of a
 ///    conv [O, I, kh, kw] or linear [O, I] weight).
-///  - NaN / Inf: observers throw value_error naming the op when a range is not finite. The
+///  - NaN / Inf: observers throw numeric_error (a value_error) naming the op when a range is not
+///    finite, and so do the ops taking a learned step / clip when one of its values is not. The
 ///    quantization ops themselves propagate NaN in the forward result, clip +-Inf like any
 ///    out-of-range value, and give NaN elements a zero gradient.
 #pragma once
@@ -129,7 +130,9 @@ std::pair<std::int64_t, std::int64_t> channel_layout(const var<T, B>& x, std::in
 }
 
 /// Host copy of a learned per-tensor / per-channel parameter var (scalar, [1] or [C]); checks its
-/// rank and that every value is finite, and raises values below kScaleEps to kScaleEps.
+/// rank and that every value is finite (numeric_error otherwise: a step computed from non-finite
+/// activations or predicted from a diverged GHN is a numerical failure of the network, which
+/// evaluation scores as non-finite), and raises values below kScaleEps to kScaleEps.
 template <class T, class B>
 std::vector<T> effective_steps(const var<T, B>& s, const char* op, const char* arg) {
   GHNQ_CHECK(s.defined(), value_error, op, ": argument '", arg, "' is undefined");
@@ -137,7 +140,7 @@ std::vector<T> effective_steps(const var<T, B>& s, const char* op, const char* a
              s.shape());
   auto v = s.value().to_vector();
   for (std::size_t c = 0; c < v.size(); ++c) {
-    GHNQ_CHECK(std::isfinite(static_cast<double>(v[c])), value_error, op, ": '", arg, "'[", c, "] = ", v[c],
+    GHNQ_CHECK(std::isfinite(static_cast<double>(v[c])), numeric_error, op, ": '", arg, "'[", c, "] = ", v[c],
                " is not finite");
     if (!(v[c] >= static_cast<T>(kScaleEps))) v[c] = static_cast<T>(kScaleEps);
   }

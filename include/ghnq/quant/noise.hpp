@@ -33,7 +33,7 @@ var<T, B> noise_quant(tape<T, B>& tp, const var<T, B>& x, const var<T, B>& s, rn
              s.shape());
   const auto step = s.value().to_vector();
   for (std::size_t c = 0; c < step.size(); ++c)
-    GHNQ_CHECK(std::isfinite(static_cast<double>(step[c])), value_error, "quant::noise_quant: 's'[", c, "] = ",
+    GHNQ_CHECK(std::isfinite(static_cast<double>(step[c])), numeric_error, "quant::noise_quant: 's'[", c, "] = ",
                step[c], " is not finite");
   const auto [channels, inner] =
       detail::channel_layout(x, static_cast<std::int64_t>(step.size()), "quant::noise_quant", "s");
