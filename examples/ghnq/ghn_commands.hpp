@@ -23,8 +23,13 @@
 namespace cli {
 
 // The GHN the commands train and use: "ghn2q-cifar10", GHN-2's CIFAR-10 configuration (H = 32,
-// max_shape 64x64x11x11, 10 classes) plus the bit-width embedding and quant head.
-using config = ghnq::ghn2q_config<>;
+// max_shape 64x64x11x11, 10 classes) plus the bit-width embedding and quant head. The hidden size is
+// a compile-time choice: build with -DGHNQ_CLI_HIDDEN=64 for the wider GHN (checkpoints record H, and
+// a checkpoint of another H is refused on load).
+#ifndef GHNQ_CLI_HIDDEN
+#define GHNQ_CLI_HIDDEN 32
+#endif
+using config = ghnq::ghn2q_config<ghnq::backend::cpu_t, float, GHNQ_CLI_HIDDEN>;
 using ghn_t = ghnq::hypernet<config>;
 
 /// Training / test data of a named dataset.
@@ -380,7 +385,9 @@ inline int predict(int argc, char** argv) {
   return 0;
 }
 
-const char* kInfoUsage = "usage: ghnq ghn info [--config ghn2-cifar10 | ghn2q-cifar10 | --checkpoint FILE]\n";
+const char* kInfoUsage =
+    "usage: ghnq ghn info [--config ghn2-cifar10 | ghn2q-cifar10 | cli | --checkpoint FILE]\n"
+    "cli: the GHN this build's commands train and load (ghn2q-cifar10 with H = GHNQ_CLI_HIDDEN).\n";
 
 inline int ghn_info(int argc, char** argv) {
   const args a(argc, argv, {}, kInfoUsage);
@@ -408,11 +415,15 @@ inline int ghn_info(int argc, char** argv) {
       out["config"] = ghnq::ghn::config_json<ghnq::ghn2_config<>>();
       out["num_params"] = ghn.num_params();
     } else if (name == "ghn2q-cifar10") {
+      ghnq::hypernet<ghnq::ghn2q_config<>> ghn(g);
+      out["config"] = ghnq::ghn::config_json<ghnq::ghn2q_config<>>();
+      out["num_params"] = ghn.num_params();
+    } else if (name == "cli") {
       ghn_t ghn(g);
       out["config"] = ghnq::ghn::config_json<config>();
       out["num_params"] = ghn.num_params();
     } else {
-      throw ghnq::value_error("--config: unknown '" + name + "' (ghn2-cifar10, ghn2q-cifar10)");
+      throw ghnq::value_error("--config: unknown '" + name + "' (ghn2-cifar10, ghn2q-cifar10, cli)");
     }
     out["name"] = name;
   }
