@@ -104,6 +104,28 @@ execute_process(COMMAND bash ${SCRIPTS}/paired_diff.sh ${dir}/pa.csv ${dir}/pc.c
 if(rc EQUAL 0 OR NOT err MATCHES "architecture t-9 of .*pc.csv is not in")
   message(FATAL_ERROR "paired_diff.sh with different architectures must fail naming one (rc ${rc}): ${err}")
 endif()
+# scripts/train_summary.sh: windows of the training log (a skipped step left out), the median step
+# time and the evaluations, on hand-computed values; then on this run's own log, and its errors.
+file(WRITE ${dir}/ts.jsonl
+  "{\"acc\":0.1,\"event\":\"step\",\"loss\":2.0,\"seconds\":1.0,\"skipped\":false,\"step\":0}\n"
+  "{\"acc\":0.3,\"event\":\"step\",\"loss\":1.0,\"seconds\":3.0,\"skipped\":false,\"step\":1}\n"
+  "{\"acc\":0.0,\"event\":\"step\",\"loss\":null,\"seconds\":100.0,\"skipped\":true,\"step\":2}\n"
+  "{\"event\":\"eval\",\"group\":\"test\",\"max\":30.0,\"mean\":25.5,\"min\":9.5,\"n\":20,\"se\":1.25,\"step\":2}\n"
+  "{\"acc\":0.5,\"event\":\"step\",\"loss\":0.5,\"seconds\":2.0,\"skipped\":false,\"step\":3}\n")
+execute_process(COMMAND bash ${SCRIPTS}/train_summary.sh ${dir}/ts.jsonl 2 RESULT_VARIABLE rc OUTPUT_VARIABLE out)
+if(NOT rc EQUAL 0 OR NOT out MATCHES "steps 0-1: loss 1.500, accuracy 0.200 \\(2 steps\\)\nsteps 2-3: loss 0.500, accuracy 0.500 \\(1 steps\\)\nmedian 2.00 s per step over 3 steps\neval at step 2 \\(test\\): 25.50 \\+- 1.25 top-1 % over 20 architectures")
+  message(FATAL_ERROR "train_summary.sh (rc ${rc}):\n${out}")
+endif()
+execute_process(COMMAND bash ${SCRIPTS}/train_summary.sh ${dir}/train.jsonl RESULT_VARIABLE rc OUTPUT_VARIABLE out)
+if(NOT rc EQUAL 0 OR NOT out MATCHES "steps 0-49: loss [0-9.]+, accuracy [0-9.]+ \\(3 steps\\)\nmedian [0-9.]+ s per step over 3 steps")
+  message(FATAL_ERROR "train_summary.sh on the run's log (rc ${rc}):\n${out}")
+endif()
+foreach(bad "${dir}/ts.jsonl;0" "${dir}/pa.csv")
+  execute_process(COMMAND bash ${SCRIPTS}/train_summary.sh ${bad} RESULT_VARIABLE rc ERROR_VARIABLE err)
+  if(rc EQUAL 0 OR NOT err MATCHES "train_summary: ")
+    message(FATAL_ERROR "train_summary.sh ${bad} must fail with a message (rc ${rc}): ${err}")
+  endif()
+endforeach()
 run(eval-ghn --checkpoint ${dir}/ghn.safetensors --archs 2 --test-limit 64 --quant W4A4 --bn fold --calib quant)
 if(NOT out MATCHES "W4A4, BN fold \\(quantized calibration\\)")
   message(FATAL_ERROR "eval-ghn --calib quant:\n${out}")

@@ -132,18 +132,25 @@ std::pair<std::int64_t, std::int64_t> channel_layout(const var<T, B>& x, std::in
 /// Host copy of a learned per-tensor / per-channel parameter var (scalar, [1] or [C]); checks its
 /// rank and that every value is finite (numeric_error otherwise: a step computed from non-finite
 /// activations or predicted from a diverged GHN is a numerical failure of the network, which
-/// evaluation scores as non-finite), and raises values below kScaleEps to kScaleEps.
+/// evaluation scores as non-finite).
 template <class T, class B>
-std::vector<T> effective_steps(const var<T, B>& s, const char* op, const char* arg) {
+std::vector<T> finite_steps(const var<T, B>& s, const char* op, const char* arg) {
   GHNQ_CHECK(s.defined(), value_error, op, ": argument '", arg, "' is undefined");
   GHNQ_CHECK(s.value().rank() <= 1, shape_error, op, ": '", arg, "' must be a scalar, [1] or [C], got shape ",
              s.shape());
   auto v = s.value().to_vector();
-  for (std::size_t c = 0; c < v.size(); ++c) {
+  for (std::size_t c = 0; c < v.size(); ++c)
     GHNQ_CHECK(std::isfinite(static_cast<double>(v[c])), numeric_error, op, ": '", arg, "'[", c, "] = ", v[c],
                " is not finite");
-    if (!(v[c] >= static_cast<T>(kScaleEps))) v[c] = static_cast<T>(kScaleEps);
-  }
+  return v;
+}
+
+/// finite_steps with values below kScaleEps raised to kScaleEps (for ops that divide by the step).
+template <class T, class B>
+std::vector<T> effective_steps(const var<T, B>& s, const char* op, const char* arg) {
+  auto v = finite_steps(s, op, arg);
+  for (auto& e : v)
+    if (!(e >= static_cast<T>(kScaleEps))) e = static_cast<T>(kScaleEps);
   return v;
 }
 

@@ -19,7 +19,7 @@
 
 namespace ghnq::quant {
 
-/// y = x + s_c * u with step var s (scalar, [1], or [C] with C = x.dim(0); finite, value_error
+/// y = x + s_c * u with step var s (scalar, [1], or [C] with C = x.dim(0); finite, numeric_error
 /// otherwise; used as given, no floor: nothing divides by s). Advances g by one draw.
 /// \code
 /// ghnq::rng g(seed);
@@ -28,13 +28,7 @@ namespace ghnq::quant {
 template <class T, class B>
 var<T, B> noise_quant(tape<T, B>& tp, const var<T, B>& x, const var<T, B>& s, rng& g) {
   detail::require_contiguous(x, "quant::noise_quant", "x");
-  GHNQ_CHECK(s.defined(), value_error, "quant::noise_quant: argument 's' is undefined");
-  GHNQ_CHECK(s.value().rank() <= 1, shape_error, "quant::noise_quant: 's' must be a scalar, [1] or [C], got shape ",
-             s.shape());
-  const auto step = s.value().to_vector();
-  for (std::size_t c = 0; c < step.size(); ++c)
-    GHNQ_CHECK(std::isfinite(static_cast<double>(step[c])), numeric_error, "quant::noise_quant: 's'[", c, "] = ",
-               step[c], " is not finite");
+  const auto step = detail::finite_steps(s, "quant::noise_quant", "s");
   const auto [channels, inner] =
       detail::channel_layout(x, static_cast<std::int64_t>(step.size()), "quant::noise_quant", "s");
   const std::uint64_t seed = g.next();
