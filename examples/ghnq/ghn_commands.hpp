@@ -180,8 +180,9 @@ const char* kTrainUsage =
     "                      [--strategy fp|qat|qat-mixed|noise] [--bits B | --wbits B --abits B]\n"
     "                      [--wq uniform|lsq|binary|ternary] [--aq uniform|lsq|pact] [--first-last-bits B]\n"
     "                      [--mixed-bits 8,4,2] [--init CHECKPOINT] [--eval-quant FP32,W8A8,...]\n"
-    "Trains a GHN-2 (ghn2-cifar10 configuration) on meta-batches of DeepNets-1M train-split architectures.\n"
-    "Writes DIR/ghn.safetensors (resumable checkpoint), DIR/train.jsonl (log), DIR/eval.csv (final evaluation).\n"
+    "Trains this build's GHN (`ghnq ghn info --config cli`: ghn2q-cifar10, H = GHNQ_CLI_HIDDEN) on meta-batches\n"
+    "of DeepNets-1M train-split architectures. Writes DIR/ghn.safetensors (resumable checkpoint), DIR/train.jsonl\n"
+    "(log) and DIR/eval_<QUANT>.csv (final evaluation, one file per --eval-quant entry).\n"
     "--resume continues DIR/ghn.safetensors with the options stored in it. --init starts from another\n"
     "checkpoint's GHN weights (e.g. QAT fine-tuned from a float GHN) with a fresh optimizer.\n"
     "--net-clip C caps each network's gradient norm at its predicted tensors (0: off, the reference).\n";

@@ -20,7 +20,7 @@ namespace {
 
 const char* kUsage =
     "usage: ghnq arch inspect FILE [--index i] [--input CxHxW] [--classes K] [--s-max S] [--dot OUT.dot]\n"
-    "       ghnq ghn info [--config ghn2-cifar10 | --checkpoint FILE]\n"
+    "       ghnq ghn info [--config ghn2-cifar10 | ghn2q-cifar10 | cli | --checkpoint FILE]\n"
     "       ghnq ghn stats (--checkpoint FILE | --untrained) [--groups G] [--archs N]  (predicted-weight gains)\n"
     "       ghnq train-ghn --out DIR [options]      (ghnq train-ghn --help)\n"
     "       ghnq eval-ghn (--checkpoint FILE | --untrained) [options]\n"
