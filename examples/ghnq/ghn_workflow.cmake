@@ -104,6 +104,17 @@ execute_process(COMMAND bash ${SCRIPTS}/paired_diff.sh ${dir}/pa.csv ${dir}/pc.c
 if(rc EQUAL 0 OR NOT err MATCHES "architecture t-9 of .*pc.csv is not in")
   message(FATAL_ERROR "paired_diff.sh with different architectures must fail naming one (rc ${rc}): ${err}")
 endif()
+# scripts/<name>.sh must fail with a message starting "<name>: " on each bad argument list given
+# (arguments of one list separated by '|').
+function(script_fails name)
+  foreach(bad ${ARGN})
+    string(REPLACE "|" ";" args "${bad}")
+    execute_process(COMMAND bash ${SCRIPTS}/${name}.sh ${args} RESULT_VARIABLE rc ERROR_VARIABLE err)
+    if(rc EQUAL 0 OR NOT err MATCHES "${name}: ")
+      message(FATAL_ERROR "${name}.sh ${args} must fail with a message (rc ${rc}): ${err}")
+    endif()
+  endforeach()
+endfunction()
 # scripts/train_summary.sh: windows of the training log (a skipped step left out), the median step
 # time and the evaluations, on hand-computed values; then on this run's own log, and its errors.
 file(WRITE ${dir}/ts.jsonl
@@ -120,12 +131,7 @@ execute_process(COMMAND bash ${SCRIPTS}/train_summary.sh ${dir}/train.jsonl RESU
 if(NOT rc EQUAL 0 OR NOT out MATCHES "steps 0-49: loss [0-9.]+, accuracy [0-9.]+ \\(3 steps\\)\nmedian [0-9.]+ s per step over 3 steps")
   message(FATAL_ERROR "train_summary.sh on the run's log (rc ${rc}):\n${out}")
 endif()
-foreach(bad "${dir}/ts.jsonl;0" "${dir}/pa.csv")
-  execute_process(COMMAND bash ${SCRIPTS}/train_summary.sh ${bad} RESULT_VARIABLE rc ERROR_VARIABLE err)
-  if(rc EQUAL 0 OR NOT err MATCHES "train_summary: ")
-    message(FATAL_ERROR "train_summary.sh ${bad} must fail with a message (rc ${rc}): ${err}")
-  endif()
-endforeach()
+script_fails(train_summary "${dir}/ts.jsonl|0" "${dir}/pa.csv")
 # scripts/eval_summary.sh: per-group figures of an eval CSV, on hand-computed values, and its errors.
 file(WRITE ${dir}/es.csv "name,group,num_params,top1,loss,predict_ms,finite\n"
   "a,g,1,10.0,0,0,1\nb,g,1,30.0,0,0,1\nh1,h,1,75.0,0,0,1\nc,g,1,20.0,0,0,1\nd,g,1,80.0,0,0,1\n")
@@ -133,12 +139,7 @@ execute_process(COMMAND bash ${SCRIPTS}/eval_summary.sh ${dir}/es.csv RESULT_VAR
 if(NOT rc EQUAL 0 OR NOT out STREQUAL "g: n 4, mean 35.00 +- 15.55, median 25.00, max 80.00, min 10.00, 1 at or above 70%; lowest: a 10.00, c 20.00, b 30.00\nh: n 1, mean 75.00 +- 0.00, median 75.00, max 75.00, min 75.00, 1 at or above 70%; lowest: h1 75.00\n")
   message(FATAL_ERROR "eval_summary.sh (rc ${rc}):\n${out}")
 endif()
-foreach(bad "${dir}/es.csv;x" "${dir}/ts.jsonl")
-  execute_process(COMMAND bash ${SCRIPTS}/eval_summary.sh ${bad} RESULT_VARIABLE rc ERROR_VARIABLE err)
-  if(rc EQUAL 0 OR NOT err MATCHES "eval_summary: ")
-    message(FATAL_ERROR "eval_summary.sh ${bad} must fail with a message (rc ${rc}): ${err}")
-  endif()
-endforeach()
+script_fails(eval_summary "${dir}/es.csv|x" "${dir}/ts.jsonl")
 run(eval-ghn --checkpoint ${dir}/ghn.safetensors --archs 2 --test-limit 64 --quant W4A4 --bn fold --calib quant)
 if(NOT out MATCHES "W4A4, BN fold \\(quantized calibration\\)")
   message(FATAL_ERROR "eval-ghn --calib quant:\n${out}")
